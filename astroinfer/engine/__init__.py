@@ -1,0 +1,210 @@
+"""The shared inference engine: any NumPyro model, three methods, one ``Result``.
+
+``sample(model, data, method=...)`` validates the options, runs the method and turns its
+output into an ``arviz.InferenceData`` with diagnostics and provenance. The engine knows no
+pipeline.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any, Callable
+
+import arviz as az
+import numpy as np
+
+from astroinfer.engine import flowmc, nested, nuts
+from astroinfer.engine.diagnostics import convergence_diagnostics
+from astroinfer.engine.model import ModelBridge, ModelError
+from astroinfer.engine.run import MethodRun
+from astroinfer.engine.timing import CompileTimer
+from astroinfer.result import Result
+from astroinfer.store import provenance, utc_now
+
+__all__ = [
+    "sample", "METHODS", "method_defaults", "validate_options",
+    "ModelError", "OptionError", "ConvergenceWarning",
+]
+
+METHODS: dict[str, Any] = {"nuts": nuts, "nested": nested, "flowmc": flowmc}
+
+
+class OptionError(ValueError):
+    """An unknown method, an unknown option or an option value of the wrong kind."""
+
+
+class ConvergenceWarning(UserWarning):
+    """Poor convergence: R-hat, divergences, low ESS or a large evidence error."""
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    check_method(method)
+    return dict(METHODS[method].DEFAULTS)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise OptionError(f"unknown method '{method}': expected one of {', '.join(METHODS)}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def validate_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Defaults merged with ``options``; unknown keys and wrongly typed values are refused."""
+    defaults = method_defaults(method)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise OptionError(
+            f"unknown option(s) for method '{method}': {', '.join(unknown)}; "
+            f"valid options are {', '.join(sorted(defaults))}"
+        )
+    merged = {**defaults, **options}
+    for name, value in options.items():
+        default = defaults[name]
+        if _is_count(default) or (default is None and name.startswith("num_")):
+            if value is None and default is None:
+                continue
+            if not _is_count(value) or value < 1:
+                raise OptionError(f"option {name} must be a positive integer, got {value!r}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise OptionError(f"option {name} must be true or false, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise OptionError(f"option {name} must be a positive number, got {value!r}")
+            merged[name] = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise OptionError(f"option {name} must be a string, got {value!r}")
+    choices = getattr(METHODS[method], "CHOICES", {})
+    for name, allowed in choices.items():
+        if merged[name] not in allowed:
+            raise OptionError(f"option {name} must be one of {', '.join(map(str, allowed))}, got {merged[name]!r}")
+    return merged
+
+
+def _to_idata(run: MethodRun, observed: dict[str, np.ndarray]) -> az.InferenceData:
+    idata = az.from_dict(
+        posterior=run.posterior,
+        sample_stats=run.sample_stats or None,
+        observed_data=observed or None,
+    )
+    for group, variables in run.extra_groups.items():
+        import xarray as xr
+
+        dataset = xr.Dataset(
+            {
+                name: ((f"{group}_point",) + tuple(f"{name}_dim_{i}" for i in range(np.ndim(v) - 1)), np.asarray(v))
+                for name, v in variables.items()
+            }
+        )
+        idata.add_groups({group: dataset})
+    return idata
+
+
+def _observed_data(model: Callable, data: dict[str, Any]) -> dict[str, np.ndarray]:
+    from numpyro import handlers
+
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(**data)
+    return {
+        name: np.asarray(site["value"])
+        for name, site in trace.items()
+        if site["type"] == "sample" and site["is_observed"]
+        and type(site["fn"]).__name__ != "Unit"  # numpyro.factor terms are not data
+    }
+
+
+def sample(
+    model: Callable,
+    data: dict[str, Any] | None = None,
+    method: str = "nuts",
+    seed: int = 0,
+    num_samples: int = 1000,
+    *,
+    progress: bool = False,
+    pipeline: str | None = None,
+    input_path: str | None = None,
+    **options: Any,
+) -> Result:
+    """Run one inference of ``model(**data)`` and return a :class:`~astroinfer.Result`.
+
+    Parameters
+    ----------
+    model:
+        A NumPyro model function, called as ``model(**data)``.
+    data:
+        Keyword arguments for the model (observations, covariates, settings).
+    method:
+        ``"nuts"`` (NumPyro NUTS), ``"nested"`` (nested sampling with log-evidence) or
+        ``"flowmc"`` (normalizing-flow global proposals over local MALA/HMC moves).
+    seed:
+        The same seed gives bitwise-identical draws.
+    num_samples:
+        Posterior draws per chain (NUTS, flow-MC) or equally weighted draws (nested).
+    progress:
+        Show progress on the terminal.
+    options:
+        Method options; ``method_defaults(method)`` lists them with their defaults.
+    """
+    check_method(method)
+    if not _is_count(num_samples) or num_samples < 1:
+        raise OptionError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not _is_count(seed) or seed < 0:
+        raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
+    data = dict(data or {})
+    resolved = validate_options(method, options)
+    started = utc_now()
+    with CompileTimer() as timer:
+        run = METHODS[method].run(
+            model, data, seed=seed, num_samples=num_samples, options=resolved, progress=progress
+        )
+    finished = utc_now()
+    idata = _to_idata(run, _observed_data(model, data))
+    diagnostics = {
+        **convergence_diagnostics(idata, method),
+        **run.diagnostics,
+        "compile_time_s": timer.compile_seconds,
+        "run_time_s": timer.run_seconds,
+        "wall_time_s": timer.wall_seconds,
+        "backend_compiles": timer.backend_compiles,
+    }
+    diagnostics["warnings"] = _convergence_warnings(diagnostics, method, run)
+    for message in diagnostics["warnings"]:
+        warnings.warn(message, ConvergenceWarning, stacklevel=2)
+    record = provenance(
+        method=method,
+        options={**resolved, "num_samples": num_samples},
+        seed=seed,
+        started=started,
+        finished=finished,
+        pipeline=pipeline,
+        input_path=input_path,
+    )
+    return Result(
+        idata=idata,
+        method=method,
+        log_evidence=run.log_evidence,
+        log_evidence_err=run.log_evidence_err,
+        diagnostics=diagnostics,
+        provenance=record,
+    )
+
+
+def _convergence_warnings(diag: dict[str, Any], method: str, run: MethodRun) -> list[str]:
+    messages = []
+    r_hat = diag.get("r_hat_max")
+    if r_hat is not None and np.isfinite(r_hat) and r_hat > 1.01:
+        messages.append(f"R-hat up to {r_hat:.3f} (> 1.01): chains disagree; run longer or check the model")
+    if diag.get("divergences", 0) > 0:
+        messages.append(f"{diag['divergences']} divergent transitions: the posterior may be biased")
+    ess = diag.get("ess_bulk_min")
+    if ess is not None and np.isfinite(ess) and ess < 100:
+        messages.append(f"bulk ESS as low as {ess:.0f} (< 100): too few effective draws")
+    if run.log_evidence_err is not None and run.log_evidence_err > 0.5:
+        messages.append(f"log-evidence error {run.log_evidence_err:.2f} (> 0.5): use more live points")
+    if method == "nested" and not run.diagnostics.get("converged", True):
+        messages.append("nested sampling stopped at max_iterations before reaching its termination criterion")
+    return messages
