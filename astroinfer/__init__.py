@@ -3,28 +3,41 @@
 >>> import astroinfer
 >>> res = astroinfer.sample(model, data, method="nuts", seed=0, num_samples=1000)
 >>> res.save("run.h5"); res = astroinfer.load("run.h5")
+
+The names below are imported on first use, so ``import astroinfer`` (and the CLI's start,
+which must set up JAX's devices before JAX is imported) stays light.
 """
 
+from importlib import import_module as _import_module
 from importlib import metadata as _metadata
-
-from astroinfer.engine import ConvergenceWarning, ModelError, OptionError, method_defaults, sample
-from astroinfer.result import Result
-from astroinfer.store import ResultFileError, load
 
 try:
     __version__ = _metadata.version("astroinfer")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+_LAZY = {
+    "sample": "astroinfer.engine",
+    "method_defaults": "astroinfer.engine",
+    "ConvergenceWarning": "astroinfer.engine",
+    "ModelError": "astroinfer.engine",
+    "OptionError": "astroinfer.engine",
+    "Result": "astroinfer.result",
+    "load": "astroinfer.store",
+    "ResultFileError": "astroinfer.store",
+    "run_pipeline": "astroinfer.pipeline",
+}
 
-def run_pipeline(name, input=None, out=None, method="nuts", seed=0, **options):
-    """Load ``input`` with pipeline ``name``, sample, summarise, save to ``out``; return the Result."""
-    from astroinfer.pipeline import run_pipeline as _run
-
-    return _run(name, input, out=out, method=method, seed=seed, **options)
+__all__ = sorted(_LAZY) + ["__version__"]
 
 
-__all__ = [
-    "sample", "load", "run_pipeline", "Result", "method_defaults",
-    "ConvergenceWarning", "ModelError", "OptionError", "ResultFileError", "__version__",
-]
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(_import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'astroinfer' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

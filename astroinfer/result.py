@@ -23,8 +23,10 @@ class Result:
         ``observed_data``; methods may add groups (``nested_samples`` for nested sampling).
     method:
         ``"nuts"``, ``"nested"`` or ``"flowmc"``.
-    log_evidence, log_evidence_err:
-        Natural-log evidence and its uncertainty for ``method="nested"``, else ``None``.
+    log_evidence:
+        Natural-log evidence for ``method="nested"``, else ``None``.
+    log_evidence_err:
+        Its uncertainty (standard deviation over simulated prior-volume sequences).
     diagnostics:
         R-hat, bulk/tail ESS, divergences, acceptance, likelihood evaluations, compile and
         run time, and ``warnings`` (poor convergence) for the run.
@@ -45,8 +47,13 @@ class Result:
         return self.idata.posterior
 
     def summary(self, var_names=None):
-        """``arviz.summary`` of the posterior (mean, sd, HDI, MCSE, ESS, R-hat)."""
-        return az.summary(self.idata, var_names=var_names)
+        """``arviz.summary`` of the posterior (mean, sd, HDI, MCSE, ESS, R-hat).
+
+        Nested sampling's draws are one chain of resampled points, where R-hat and MCSE are
+        undefined, so only the statistics are given for them.
+        """
+        kind = "all" if self.idata.posterior.sizes["chain"] > 1 else "stats"
+        return az.summary(self.idata, var_names=var_names, kind=kind)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to one HDF5 file atomically; see :mod:`astroinfer.store`."""

@@ -130,6 +130,9 @@ def save(result: "Result", path: str | os.PathLike) -> Path:
     idata.attrs = attrs  # root attributes of the file
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it private; results are ordinary files
     try:
         idata.to_netcdf(tmp_name, engine="h5netcdf")
         with open(tmp_name, "rb+") as handle:

@@ -39,6 +39,7 @@ class ConvergenceWarning(UserWarning):
 
 
 def method_defaults(method: str) -> dict[str, Any]:
+    """The options of ``method`` ("nuts", "nested" or "flowmc") with their default values."""
     check_method(method)
     return dict(METHODS[method].DEFAULTS)
 
@@ -92,16 +93,8 @@ def _to_idata(run: MethodRun, observed: dict[str, np.ndarray]) -> az.InferenceDa
         sample_stats=run.sample_stats or None,
         observed_data=observed or None,
     )
-    for group, variables in run.extra_groups.items():
-        import xarray as xr
-
-        dataset = xr.Dataset(
-            {
-                name: ((f"{group}_point",) + tuple(f"{name}_dim_{i}" for i in range(np.ndim(v) - 1)), np.asarray(v))
-                for name, v in variables.items()
-            }
-        )
-        idata.add_groups({group: dataset})
+    if run.extra_groups:
+        idata.add_groups(run.extra_groups)
     return idata
 
 

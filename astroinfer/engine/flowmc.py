@@ -1,4 +1,4 @@
-"""Flow-MC: local MALA/HMC moves plus global proposals from a normalizing flow.
+"""Flow-MC: local MALA/HMC/NUTS moves plus global proposals from a normalizing flow.
 
 The algorithm of flowMC (Gabrié, Rotskoff & Vanden-Eijnden 2022; Wong, Gabrié &
 Foreman-Mackey 2023), written on blackjax kernels and a flowjax flow so that every stage
@@ -6,17 +6,24 @@ compiles once per run:
 
 1. ``num_chains`` chains start from prior draws in NumPyro's unconstrained space.
 2. Warmup loops: local moves (step size adapted per chain towards a target acceptance;
-   coordinates rescaled by the chains' spread), then a masked autoregressive flow with
-   rational-quadratic splines is fitted to the visited positions (early stopping on a
-   held-out loss), then global independence proposals from the flow are accepted with the
-   exact Metropolis-Hastings ratio. Chains that sit in different modes teach the flow all
-   of them; the MH correction gets the weights right.
+   coordinates rescaled by the chains' spread), then a rational-quadratic-spline flow is
+   fitted to the visited positions (early stopping on a held-out loss), then global
+   independence proposals from the flow are accepted with the exact Metropolis-Hastings
+   ratio. Chains that sit in different modes teach the flow all of them; the MH correction
+   gets the weights right. Training stops once the global acceptance is high enough.
 3. Production: flow, step sizes and scales are frozen, so the draws are a valid MCMC; each
    draw follows ``local_steps_per_draw`` local moves and one global proposal.
+
+Every stage runs the same compiled ``sweep`` over a fixed number of iterations (production
+is a sequence of such sweeps), so the number of compilations does not grow with the number
+of loops or draws. A trained flow is returned with the result (group ``flowmc_state``) and
+can be reused on a rerun of the same model and data (``reuse_flow=``), which skips training.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from typing import Any, Callable
 
 import blackjax
@@ -25,22 +32,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import xarray as xr
 from flowjax.bijections import RationalQuadraticSpline
 from flowjax.distributions import Normal
-from flowjax.flows import masked_autoregressive_flow
+from flowjax.flows import coupling_flow, masked_autoregressive_flow
 from flowjax.train import fit_to_data
+from flowjax.train.losses import MaximumLikelihoodLoss
+from jax.flatten_util import ravel_pytree
 
 from astroinfer.engine.model import ModelBridge
 from astroinfer.engine.run import MethodRun
 
-__all__ = ["DEFAULTS", "CHOICES", "run"]
+__all__ = ["DEFAULTS", "CHOICES", "run", "fingerprint"]
 
 DEFAULTS: dict[str, Any] = {
     "num_chains": 20,
     "local_kernel": "mala",
     "num_leapfrog_steps": 8,  # HMC only
     "num_warmup_loops": 6,
-    "warmup_steps_per_loop": 100,  # local+global iterations between flow trainings
+    "steps_per_loop": 100,  # iterations (local moves + one global proposal) per sweep
     "local_steps_per_draw": 5,
     "target_global_acceptance": 0.6,  # stop training early once reached
     "flow_layers": 4,
@@ -51,43 +61,65 @@ DEFAULTS: dict[str, Any] = {
     "patience": 10,
     "batch_size": 256,
     "max_training_points": 4000,
+    "reuse_flow": None,  # path of an earlier flowmc result file of the same model and data
 }
-CHOICES = {"local_kernel": ("mala", "hmc")}
-_TARGET_LOCAL_ACCEPT = {"mala": 0.574, "hmc": 0.65}
+CHOICES = {"local_kernel": ("mala", "hmc", "nuts")}
+_TARGET_LOCAL_ACCEPT = {"mala": 0.574, "hmc": 0.65, "nuts": 0.8}
 _ADAPT_RATE = 0.05
+# An accepted global move counts as a mode switch when it travels this many local scales
+# (RMS over coordinates): far beyond what the local kernel does in one iteration.
+_SWITCH_DISTANCE = 3.0
+STATE_GROUP = "flowmc_state"
+# One loss object for every training call: flowjax's compiled step is keyed on it, so a new
+# instance per loop would recompile the training step each time.
+_LOSS = MaximumLikelihoodLoss()
 
 
 def _local_kernel(name: str, num_leapfrog: int):
     """(init, step) for one chain, on a density of rescaled coordinates x = z / scale."""
     if name == "mala":
         kernel = blackjax.mcmc.mala.build_kernel()
+        return blackjax.mcmc.mala.init, lambda key, state, logdensity, eps: kernel(key, state, logdensity, eps)
+    if name == "hmc":
+        kernel = blackjax.mcmc.hmc.build_kernel()
 
-        def step(key, state, logdensity, step_size):
-            return kernel(key, state, logdensity, step_size)
+        def hmc_step(key, state, logdensity, eps):
+            return kernel(key, state, logdensity, eps, jnp.ones_like(state.position), num_leapfrog)
 
-        return blackjax.mcmc.mala.init, step
-    kernel = blackjax.mcmc.hmc.build_kernel()
+        return blackjax.mcmc.hmc.init, hmc_step
+    kernel = blackjax.mcmc.nuts.build_kernel()
 
-    def step(key, state, logdensity, step_size):
-        inverse_mass = jnp.ones_like(state.position)
-        return kernel(key, state, logdensity, step_size, inverse_mass, num_leapfrog)
+    def nuts_step(key, state, logdensity, eps):
+        return kernel(key, state, logdensity, eps, jnp.ones_like(state.position))
 
-    return blackjax.mcmc.hmc.init, step
+    return blackjax.mcmc.nuts.init, nuts_step
+
+
+def _new_flow(key, ndim: int, opts: dict[str, Any]):
+    # Coupling flows sample and evaluate in one pass each way; a one-dimensional problem
+    # has nothing to couple, so it gets a (then equally cheap) autoregressive flow.
+    build = coupling_flow if ndim > 1 else masked_autoregressive_flow
+    return build(
+        jax.random.wrap_key_data(key),
+        base_dist=Normal(jnp.zeros(ndim)),
+        transformer=RationalQuadraticSpline(knots=opts["flow_knots"], interval=5.0),
+        flow_layers=opts["flow_layers"],
+        nn_width=opts["flow_width"],
+    )
 
 
 def _flow_log_prob(flow, z, center, flow_scale):
     return flow.log_prob((z - center) / flow_scale) - jnp.sum(jnp.log(flow_scale))
 
 
-def _make_sweep(log_density: Callable, init, step, target_accept: float):
-    """One compiled function for every stage: ``n_iter`` x (local moves, one global proposal).
+def _make_sweep(log_density: Callable, init, step, target_accept: float, n_iter: int, n_local: int):
+    """The one compiled function of a run: ``n_iter`` x (local moves, one global proposal).
 
     ``adapt`` switches step-size adaptation on (warmup) or off (production), ``use_flow``
-    switches the global proposal; both are traced values, so warmup and production share
-    the compiled code for a given iteration count.
+    switches the global proposal; both are traced values, so every stage shares the code.
     """
 
-    def chain(key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale, n_iter, n_local):
+    def chain(key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale):
         logdensity_x = lambda x: log_density(x * scale)  # noqa: E731
 
         def local_move(carry, k):
@@ -115,20 +147,62 @@ def _make_sweep(log_density: Callable, init, step, target_accept: float):
             )
             log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
             accept = use_flow & (jnp.log(jax.random.uniform(k_acc)) < log_ratio)
+            jump = jnp.sqrt(jnp.mean(((proposal - z) / scale) ** 2))
+            switch = accept & (jump > _SWITCH_DISTANCE)
             z = jnp.where(accept, proposal, z)
             log_p = jnp.where(accept, log_p_new, log_p)
-            return (z, log_step), (z, log_p, jnp.mean(acc), accept)
+            return (z, log_step), (z, log_p, jnp.mean(acc), accept, switch)
 
         (z, log_step), trace = jax.lax.scan(iteration, (z, log_step), jax.random.split(key, n_iter))
         return z, log_step, trace
 
-    def sweep(key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale, n_iter, n_local):
+    def sweep(key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale):
         keys = jax.random.split(key, z.shape[0])
-        return jax.vmap(
-            chain, in_axes=(0, 0, 0, None, None, None, None, None, None, None, None)
-        )(keys, z, log_step, scale, adapt, use_flow, flow, center, flow_scale, n_iter, n_local)
+        return jax.vmap(chain, in_axes=(0, 0, 0, None, None, None, None, None, None))(
+            keys, z, log_step, scale, adapt, use_flow, flow, center, flow_scale
+        )
 
     return eqx.filter_jit(sweep)
+
+
+def fingerprint(model: Callable, data: dict[str, Any], ndim: int, opts: dict[str, Any]) -> str:
+    """Identifies a model, its data and the flow's shape: a stored flow is reused only on a match."""
+    digest = hashlib.sha256()
+    try:
+        digest.update(inspect.getsource(model).encode())
+    except (OSError, TypeError):
+        digest.update(f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', repr(model))}".encode())
+    for name in sorted(data):
+        digest.update(name.encode())
+        value = data[name]
+        try:
+            digest.update(np.ascontiguousarray(np.asarray(value)).tobytes())
+        except (TypeError, ValueError):
+            digest.update(repr(value).encode())
+    digest.update(repr((ndim, opts["flow_layers"], opts["flow_knots"], opts["flow_width"])).encode())
+    return digest.hexdigest()
+
+
+def _load_state(path: str, expected: str, template) -> dict[str, Any]:
+    from astroinfer import store
+
+    stored = store.load(path)
+    found = stored.diagnostics.get("flow_fingerprint")
+    if found != expected:
+        raise ValueError(
+            f"option reuse_flow: {path} holds a flow for another model, data or flow shape "
+            f"(fingerprint {str(found)[:12]}..., expected {expected[:12]}...)"
+        )
+    group = stored.idata[STATE_GROUP]
+    params, static = eqx.partition(template, eqx.is_array)
+    _, unravel = ravel_pytree(params)
+    flat = jnp.asarray(group["flow_parameters"].values)
+    return {
+        "flow": eqx.combine(unravel(flat), static),
+        "center": jnp.asarray(group["center"].values),
+        "flow_scale": jnp.asarray(group["flow_scale"].values),
+        "scale": jnp.asarray(group["local_scale"].values),
+    }
 
 
 def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
@@ -136,57 +210,61 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
     bridge = bridge or ModelBridge(model, data)
     opts = dict(options)
     ndim = bridge.ndim
-    n_chains = opts["num_chains"]
+    n_chains, n_iter = opts["num_chains"], opts["steps_per_loop"]
     key = jax.random.PRNGKey(seed)
     k_init, k_flow, k_warm, k_prod = jax.random.split(key, 4)
 
     init, step = _local_kernel(opts["local_kernel"], opts["num_leapfrog_steps"])
-    sweep = _make_sweep(bridge.log_density, init, step, _TARGET_LOCAL_ACCEPT[opts["local_kernel"]])
-
-    flow = masked_autoregressive_flow(
-        jax.random.wrap_key_data(k_flow),
-        base_dist=Normal(jnp.zeros(ndim)),
-        transformer=RationalQuadraticSpline(knots=opts["flow_knots"], interval=5.0),
-        flow_layers=opts["flow_layers"],
-        nn_width=opts["flow_width"],
-    )
-    # One optimizer object for the run: flowjax's compiled training step is keyed on it.
-    optimizer = optax.adam(opts["learning_rate"])
+    sweep = _make_sweep(bridge.log_density, init, step, _TARGET_LOCAL_ACCEPT[opts["local_kernel"]],
+                        n_iter, opts["local_steps_per_draw"])
+    flow = _new_flow(k_flow, ndim, opts)
+    flow_fingerprint = fingerprint(model, data, ndim, opts)
 
     z = bridge.prior_draws(k_init, n_chains)
     log_step = jnp.full((n_chains,), jnp.log(0.1 / np.sqrt(ndim)))
     scale = jnp.ones(ndim)
     center, flow_scale = jnp.zeros(ndim), jnp.ones(ndim)
-    n_local = opts["local_steps_per_draw"]
-    n_warm = opts["warmup_steps_per_loop"]
+    trained = False
+    num_warmup_loops = opts["num_warmup_loops"]
+    if opts["reuse_flow"] is not None:
+        state = _load_state(str(opts["reuse_flow"]), flow_fingerprint, flow)
+        flow, center, flow_scale, scale = state["flow"], state["center"], state["flow_scale"], state["scale"]
+        trained = True
+        num_warmup_loops = 1  # burn-in and step-size adaptation only; no training
+
+    # One optimizer object for the run: flowjax's compiled training step is keyed on it.
+    optimizer = optax.adam(opts["learning_rate"])
     loss_curves: list[dict[str, list[float]]] = []
     warmup_global_acceptance: list[float] = []
-    use_flow = jnp.array(False)
+    warmup_local_acceptance: list[float] = []
 
-    for loop in range(opts["num_warmup_loops"]):
+    for loop in range(num_warmup_loops):
         k_warm, k_sweep, k_train = jax.random.split(k_warm, 3)
-        z, log_step, (trace, _, local_acc, accepted) = sweep(
-            k_sweep, z, log_step, scale, 1.0, use_flow, flow, center, flow_scale, n_warm, n_local
+        z, log_step, (trace, _, local_acc, accepted, _) = sweep(
+            k_sweep, z, log_step, scale, 1.0, jnp.array(trained), flow, center, flow_scale
         )
-        if bool(use_flow):
+        warmup_local_acceptance.append(float(local_acc.mean()))
+        if trained:
             warmup_global_acceptance.append(float(accepted.mean()))
-        if not bool(use_flow):
+        else:
             # Rescale local moves by the spread within chains, measured before any global
             # jump can mix modes into it; step sizes keep adapting to it in later loops.
-            within = jnp.sqrt(jnp.mean(jnp.var(trace[:, n_warm // 2:], axis=1), axis=0))
+            within = jnp.sqrt(jnp.mean(jnp.var(trace[:, n_iter // 2:], axis=1), axis=0))
             scale = jnp.where(jnp.isfinite(within) & (within > 0), within, scale)
         if progress:
-            acc_text = f", global acceptance {warmup_global_acceptance[-1]:.2f}" if warmup_global_acceptance else ""
-            print(f"\rflowmc warmup loop {loop + 1}/{opts['num_warmup_loops']}: local acceptance "
-                  f"{float(local_acc.mean()):.2f}{acc_text}", end="", flush=True)
-        if warmup_global_acceptance and warmup_global_acceptance[-1] >= opts["target_global_acceptance"]:
-            break
-        if loop == opts["num_warmup_loops"] - 1:
+            acc_text = f", global acceptance {warmup_global_acceptance[-1]:.2f}" if trained else ""
+            print(f"\rflowmc warmup loop {loop + 1}/{num_warmup_loops}: local acceptance "
+                  f"{warmup_local_acceptance[-1]:.2f}{acc_text}   ", end="", flush=True)
+        done_training = trained and (
+            opts["reuse_flow"] is not None
+            or warmup_global_acceptance[-1] >= opts["target_global_acceptance"]
+        )
+        if done_training or loop == num_warmup_loops - 1:
             break  # the last loop only adapts; production starts with the trained flow
         points = trace.reshape(-1, ndim)
         stride = max(1, points.shape[0] // opts["max_training_points"])
         points = points[::stride][: opts["max_training_points"]]
-        if not bool(use_flow):
+        if not trained:
             center = jnp.mean(points, axis=0)
             flow_scale = jnp.std(points, axis=0) + 1e-6
         flow, losses = fit_to_data(
@@ -194,37 +272,60 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
             flow,
             (points - center) / flow_scale,
             optimizer=optimizer,
+            loss_fn=_LOSS,
             max_epochs=opts["max_epochs"],
             max_patience=opts["patience"],
             batch_size=min(opts["batch_size"], points.shape[0] // 2),
             show_progress=False,
         )
         loss_curves.append({"train": losses["train"], "val": losses["val"]})
-        use_flow = jnp.array(True)
+        trained = True
+
+    # Production: frozen adaptation, whole sweeps until num_samples draws per chain.
+    pieces = []
+    for index in range(-(-num_samples // n_iter)):
+        k_prod, k_sweep = jax.random.split(k_prod)
+        z, _, piece = sweep(k_sweep, z, log_step, scale, 0.0, jnp.array(trained), flow, center, flow_scale)
+        pieces.append(piece)
+        if progress:
+            print(f"\rflowmc sampling: {min((index + 1) * n_iter, num_samples)}/{num_samples} draws per chain   ",
+                  end="", flush=True)
     if progress:
         print()
-
-    z, _, (trace, log_p, local_acc, accepted) = sweep(
-        k_prod, z, log_step, scale, 0.0, use_flow, flow, center, flow_scale, num_samples, n_local
+    trace, log_p, local_acc, accepted, switches = (
+        np.concatenate([np.asarray(p[i]) for p in pieces], axis=1)[:, :num_samples] for i in range(5)
     )
-    accepted = np.asarray(accepted)
     posterior = bridge.constrain_many(trace)
+    # Every array of the flow, integer permutations included (they differ between seeds).
+    flow_params = ravel_pytree(eqx.partition(flow, eqx.is_array)[0])[0]
+    local_evals = opts["local_steps_per_draw"] * (opts["num_leapfrog_steps"] if opts["local_kernel"] == "hmc" else 1)
     diagnostics = {
         "local_kernel": opts["local_kernel"],
         "local_acceptance": float(np.mean(local_acc)),
-        "global_acceptance": float(accepted.mean()) if bool(use_flow) else None,
+        "global_acceptance": float(accepted.mean()) if trained else None,
+        "mode_switches": int(switches.sum()),
+        "warmup_local_acceptance": warmup_local_acceptance,
         "warmup_global_acceptance": warmup_global_acceptance,
         "num_training_loops": len(loss_curves),
         "flow_loss": loss_curves,
+        "flow_reused": opts["reuse_flow"] is not None,
+        "flow_fingerprint": flow_fingerprint,
         "step_size": np.exp(np.asarray(log_step)).tolist(),
-        # Density+gradient evaluations in production: local moves (x leapfrog steps) + proposals.
-        "likelihood_evaluations": int(
-            n_chains * num_samples * (n_local * (opts["num_leapfrog_steps"] if opts["local_kernel"] == "hmc" else 1) + 1)
-        ),
+        # Production density(+gradient) evaluations; NUTS varies per move, counted as one.
+        "likelihood_evaluations": int(n_chains * num_samples * (local_evals + 1)),
     }
     sample_stats = {
-        "lp": np.asarray(log_p),
-        "acceptance_rate": np.asarray(local_acc),
+        "lp": log_p,
+        "acceptance_rate": local_acc,
         "global_accepted": accepted,
+        "mode_switch": switches,
     }
-    return MethodRun(posterior=posterior, sample_stats=sample_stats, diagnostics=diagnostics)
+    state = {
+        STATE_GROUP: xr.Dataset({
+            "flow_parameters": ("flow_parameter", np.asarray(flow_params)),
+            "center": ("unconstrained_dim", np.asarray(center)),
+            "flow_scale": ("unconstrained_dim", np.asarray(flow_scale)),
+            "local_scale": ("unconstrained_dim", np.asarray(scale)),
+        })
+    }
+    return MethodRun(posterior=posterior, sample_stats=sample_stats, diagnostics=diagnostics, extra_groups=state)

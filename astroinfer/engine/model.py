@@ -143,7 +143,7 @@ class ModelBridge:
             constrained = {n: tr[n]["value"] for n in names}
             return self._unconstrain(constrained)
 
-        draws = jax.vmap(one)(jax.random.split(key, num))
+        draws = jax.jit(jax.vmap(one))(jax.random.split(key, num))
         if not bool(jnp.all(jnp.isfinite(draws))):
             raise ModelError(
                 "prior draws are not finite in unconstrained space; nested sampling and "

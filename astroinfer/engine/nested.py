@@ -19,6 +19,7 @@ import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 from blackjax.ns.integrator import init_integrator, update_integrator
 from blackjax.ns.base import NSInfo
 from blackjax.ns.utils import log_weights
@@ -130,13 +131,18 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
 
     num_dead = int(positions.shape[0])
     evaluations = opts["num_live_points"] + (num_dead - opts["num_live_points"]) * opts["num_inner_steps"]
+    # The raw weighted points, one row per dead (and final live) point.
+    columns = {
+        **raw,
+        "log_weight": np.log(np.maximum(weights, 1e-300)),
+        "log_likelihood": np.asarray(particles.loglikelihood),
+        "log_likelihood_birth": np.asarray(particles.loglikelihood_birth),
+    }
     extra = {
-        "nested_samples": {
-            **{name: value for name, value in raw.items()},
-            "log_weight": np.log(np.maximum(weights, 1e-300)),
-            "log_likelihood": np.asarray(particles.loglikelihood),
-            "log_likelihood_birth": np.asarray(particles.loglikelihood_birth),
-        }
+        "nested_samples": xr.Dataset({
+            name: (("point",) + tuple(f"{name}_dim_{i}" for i in range(v.ndim - 1)), v)
+            for name, v in columns.items()
+        })
     }
     diagnostics = {
         "converged": converged,

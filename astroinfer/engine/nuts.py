@@ -16,7 +16,7 @@ from numpyro.infer.initialization import init_to_median, init_to_sample, init_to
 
 from astroinfer.engine.run import MethodRun
 
-__all__ = ["DEFAULTS", "run", "chain_method_for"]
+__all__ = ["DEFAULTS", "CHOICES", "run", "chain_method_for"]
 
 DEFAULTS: dict[str, Any] = {
     "num_warmup": 1000,
@@ -27,6 +27,11 @@ DEFAULTS: dict[str, Any] = {
     "init": "median",
     "chain_method": "auto",
     "thinning": 1,
+}
+
+CHOICES = {
+    "init": ("median", "uniform", "sample"),
+    "chain_method": ("auto", "parallel", "sequential", "vectorized"),
 }
 
 _INIT = {

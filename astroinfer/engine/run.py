@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 __all__ = ["MethodRun"]
 
@@ -21,12 +22,13 @@ class MethodRun:
     diagnostics:
         Method-specific numbers (acceptance, divergences, likelihood evaluations, ...).
     extra_groups:
-        Further result-file groups, name -> {variable: array with a leading point axis}.
+        Further result-file groups (name -> ``xarray.Dataset``), e.g. nested sampling's raw
+        weighted points or flow-MC's trained flow.
     """
 
     posterior: dict[str, np.ndarray]
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
-    extra_groups: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    extra_groups: dict[str, xr.Dataset] = field(default_factory=dict)
     log_evidence: float | None = None
     log_evidence_err: float | None = None

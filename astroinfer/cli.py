@@ -1,0 +1,488 @@
+"""The ``astroinfer`` command line: a thin layer over the Python API.
+
+::
+
+    astroinfer pipelines
+    astroinfer run PIPELINE [INPUT] [-o OUT.h5] [--method nuts|nested|flowmc] [--seed N]
+                   [--config options.toml] [--chains N] [--samples N] [--warmup N] [--quiet]
+    astroinfer show OUT.h5
+    astroinfer plot OUT.h5 [--kind corner|trace] [-o FIG.png]
+    astroinfer simulate PIPELINE -o FILE [--seed N]
+
+Exit status: 0 success; 2 bad input or usage (one line on stderr, no traceback, no output
+file left behind); 1 an internal error (with its traceback, to report).
+
+JAX, NumPyro and the engine are imported inside the commands, after :func:`main` has asked
+XLA for one CPU device per core (up to 2) so that NUTS chains run in parallel.
+
+The ``--config`` TOML file holds run settings and method options::
+
+    method = "nested"        # optional; --method wins
+    seed = 1                 # optional; --seed wins
+    num_samples = 2000       # optional; --samples wins
+
+    [nuts]                   # options of each method (astroinfer.method_defaults(method))
+    num_warmup = 500
+    [nested]
+    num_live_points = 1000
+
+Only the chosen method's table is used, but every table is checked: an unknown key
+anywhere is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+PROG = "astroinfer"
+METHOD_NAMES = ("nuts", "nested", "flowmc")
+CONFIG_KEYS = ("method", "seed", "num_samples")
+MAX_DEVICES = 2
+
+
+class CLIError(click.ClickException):
+    """A user error: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
+def _fail(message: str) -> NoReturn:
+    raise CLIError(message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def configure_jax_devices(environ: dict[str, str] | None = None) -> None:
+    """Ask XLA for ``min(2, cpu_count)`` host devices unless the user set a device count.
+
+    The same as ``numpyro.set_host_device_count``, without importing NumPyro; it only takes
+    effect before JAX creates its CPU backend, so it runs first thing in :func:`main`.
+    """
+    env = os.environ if environ is None else environ
+    flags = env.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    count = max(1, min(MAX_DEVICES, os.cpu_count() or 1))
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input or usage (exit 2).
+
+    The engine's types are only looked up if the engine was imported (else none of its
+    errors can have been raised), so error paths stay fast.
+    """
+    from astroinfer.pipeline import PipelineError
+    from astroinfer.store import ResultFileError
+
+    types: list[type[BaseException]] = [PipelineError, ResultFileError]
+    engine = sys.modules.get("astroinfer.engine")
+    if engine is not None:
+        types += [engine.OptionError, engine.ModelError]
+    return tuple(types)
+
+
+def _default_file_mode() -> int:
+    """The mode a newly created file gets under the user's umask (mkstemp makes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _quiet_arviz_logging() -> None:
+    import logging
+
+    logging.getLogger("arviz").setLevel(logging.ERROR)  # e.g. "Shape validation failed" for one chain
+
+
+def _echo_err(message: str) -> None:
+    click.echo(f"{PROG}: {message}", err=True)
+
+
+# -- commands --------------------------------------------------------------------------
+@click.group(
+    name=PROG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    no_args_is_help=True,
+)
+@click.version_option(package_name="astroinfer", prog_name=PROG)
+def cli() -> None:
+    """Bayesian inference for astronomy: NUTS, nested sampling and flow-MC on NumPyro models.
+
+    \b
+    Try the bundled demo:
+      astroinfer run line-fit
+      astroinfer show line-fit.h5
+    """
+
+
+@cli.command("pipelines")
+def pipelines_command() -> None:
+    """List the available pipelines with one-line descriptions."""
+    from astroinfer.pipeline import PipelineLoadError, get_pipeline, pipeline_names
+
+    names = pipeline_names()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        try:
+            description = get_pipeline(name).description
+        except PipelineLoadError as err:
+            description = f"(failed to load: {_one_line(err)})"
+        click.echo(f"{name.ljust(width)}  {description}")
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    import tomllib
+
+    file = Path(path)
+    if not file.exists():
+        _fail(f"{path}: no such file (the --config TOML file)")
+    if file.is_dir():
+        _fail(f"{path}: is a folder; --config expects a TOML file")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        _fail(f"{path}: not a text file; --config expects a TOML file")
+    except OSError as err:
+        _fail(f"{path}: cannot read the file: {err.strerror or err}")
+    try:
+        config = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        _fail(f"{path}: invalid TOML: {_one_line(err)}")
+    return config
+
+
+def _check_config(path: str, config: dict[str, Any]) -> None:
+    """Every key known, every method table valid (raises CLIError)."""
+    from astroinfer.engine import OptionError, validate_options
+
+    for key, value in config.items():
+        if key in METHOD_NAMES:
+            if not isinstance(value, dict):
+                _fail(f"{path}: '{key}' must be a table ([{key}]) of method options")
+            try:
+                validate_options(key, value)
+            except OptionError as err:
+                _fail(f"{path}: [{key}] {_one_line(err)}")
+        elif key not in CONFIG_KEYS:
+            _fail(
+                f"{path}: unknown key '{key}'; expected {', '.join(CONFIG_KEYS)} "
+                f"or tables {', '.join(f'[{m}]' for m in METHOD_NAMES)}"
+            )
+    if "method" in config and config["method"] not in METHOD_NAMES:
+        _fail(f"{path}: method must be one of {', '.join(METHOD_NAMES)}, got {config['method']!r}")
+    for key in ("seed", "num_samples"):
+        if key in config:
+            value, low = config[key], (0 if key == "seed" else 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                kind = "a non-negative" if low == 0 else "a positive"
+                _fail(f"{path}: {key} must be {kind} integer, got {value!r}")
+
+
+def _print_summary(summary: Any) -> None:
+    if not isinstance(summary, dict):
+        summary = {"summary": summary}
+    for name, value in summary.items():
+        if isinstance(value, str):
+            click.echo(value)
+        elif hasattr(value, "to_string"):
+            click.echo(f"{name}:")
+            click.echo(value.to_string())
+
+
+@cli.command("run")
+@click.argument("pipeline")
+@click.argument("input", required=False)
+@click.option("-o", "--out", "out", metavar="OUT.h5", help="Result file [default: PIPELINE.h5 here].")
+@click.option("--method", type=click.Choice(METHOD_NAMES), default=None,
+              help="Inference method [default: nuts, or the config's method].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed [default: 0].")
+@click.option("--config", "config_path", metavar="OPTIONS.toml", help="TOML file of settings and method options.")
+@click.option("--chains", type=click.IntRange(min=1), default=None, help="Chains (num_chains; nuts, flowmc).")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Posterior draws per chain (equally weighted draws for nested) [default: 1000].")
+@click.option("--warmup", type=click.IntRange(min=1), default=None, help="Warmup steps (num_warmup; nuts).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; warnings still show.")
+def run_command(pipeline, input, out, method, seed, config_path, chains, samples, warmup, quiet) -> None:
+    """Run PIPELINE on INPUT (the pipeline's demo input if omitted) and save the result.
+
+    \b
+    OPTIONS.toml holds run settings and each method's options:
+      method = "nested"       # --method, --seed and --samples win over these
+      seed = 1
+      num_samples = 2000
+      [nested]                # a table per method: nuts, nested, flowmc
+      num_live_points = 1000  # (astroinfer.method_defaults(method) lists them)
+    """
+    from astroinfer.pipeline import get_pipeline
+
+    get_pipeline(pipeline)  # an unknown name fails before anything else is read
+    config = _read_config(config_path) if config_path else {}
+    _check_config(config_path, config)
+    method = method or config.get("method", "nuts")
+
+    from astroinfer.engine import method_defaults
+    from astroinfer.pipeline import check_run_settings
+
+    defaults = method_defaults(method)
+    options = dict(config.get(method, {}))
+    for flag, option, value in (("--chains", "num_chains", chains), ("--warmup", "num_warmup", warmup)):
+        if value is None:
+            continue
+        if option not in defaults:
+            _fail(f"{flag} does not apply to method '{method}' (it has no {option} option)")
+        options[option] = value
+    seed = seed if seed is not None else config.get("seed", 0)
+    num_samples = samples if samples is not None else config.get("num_samples", 1000)
+    check_run_settings(method, seed, num_samples, options)
+    out = out or f"{pipeline}.h5"
+
+    _run(pipeline, input, out, method, seed, num_samples, options, quiet)
+
+
+def _run(pipeline, input, out, method, seed, num_samples, options, quiet) -> None:
+    import warnings
+
+    from astroinfer.engine import ConvergenceWarning
+    from astroinfer.pipeline import prepare
+
+    prepared = prepare(pipeline, input, out, method, seed, num_samples=num_samples, **options)
+    pipe, data = prepared.pipeline, prepared.loaded
+    if not quiet:
+        source = "" if input is not None else " (demo input)"
+        _echo_err(f"{pipeline} on {prepared.input_path}{source} with {method}, seed {seed} -> {out}")
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # printed below, one line each
+        result = prepared.sample(progress=not quiet)
+    elapsed = time.perf_counter() - started
+    for message in result.diagnostics.get("warnings", []):
+        _echo_err(f"warning: {_one_line(message)}")
+    if quiet:
+        return
+    if pipe.summarise is not None:
+        _quiet_arviz_logging()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _print_summary(pipe.summarise(result, data))
+        except Exception as err:  # the result is saved; a summary failure is not fatal
+            _echo_err(f"warning: could not summarise the result: {type(err).__name__}: {_one_line(err)}")
+    if result.log_evidence is not None:
+        click.echo(f"log-evidence: {result.log_evidence:.6f} +- {result.log_evidence_err:.6f}")
+    _echo_err(f"wrote {out} ({elapsed:.1f} s)")
+
+
+def _load_result(path: str):
+    from astroinfer.store import load
+
+    return load(path)
+
+
+def _scalar_variables(idata, var_names=(), max_size: int = 20) -> tuple[list[str], list[str]]:
+    posterior = idata.posterior
+    if var_names:
+        missing = [v for v in var_names if v not in posterior.data_vars]
+        if missing:
+            _fail(f"no posterior variable(s) {', '.join(missing)}; the file has "
+                  f"{', '.join(posterior.data_vars)}")
+        return list(var_names), []
+    shown, hidden = [], []
+    for name, values in posterior.data_vars.items():
+        per_draw = int(values.size // max(1, values.sizes.get("chain", 1) * values.sizes.get("draw", 1)))
+        (shown if per_draw <= max_size else hidden).append(name)
+    return shown, hidden
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@cli.command("show")
+@click.argument("result_file", metavar="OUT.h5")
+@click.option("--var", "var_names", multiple=True, help="Only these posterior variables (repeatable).")
+def show_command(result_file, var_names) -> None:
+    """Print a result's posterior summary, diagnostics, log-evidence and provenance."""
+    import warnings
+
+    result = _load_result(result_file)
+    prov = result.provenance
+    click.echo(f"result: {result_file}")
+    click.echo(f"method: {result.method}" + (f"   pipeline: {prov['pipeline']}" if prov.get("pipeline") else ""))
+    shown, hidden = _scalar_variables(result.idata, var_names)
+    click.echo("\nposterior summary:")
+    if shown:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _quiet_arviz_logging()
+            table = result.summary(var_names=shown)
+        click.echo(table.to_string())
+    if hidden:
+        click.echo(f"({len(hidden)} larger variable(s) not shown: {', '.join(hidden)}; use --var NAME)")
+
+    if result.log_evidence is not None:
+        click.echo(f"\nlog-evidence: {result.log_evidence:.6f} +- {result.log_evidence_err:.6f}")
+
+    diag = result.diagnostics
+    click.echo("\ndiagnostics:")
+    for key in sorted(diag):
+        value = diag[key]
+        if key == "warnings" or isinstance(value, (dict, list)):
+            continue
+        click.echo(f"  {key}: {_format_value(value)}")
+    warnings_list = diag.get("warnings", [])
+    if warnings_list:
+        click.echo("warnings:")
+        for message in warnings_list:
+            click.echo(f"  warning: {_one_line(message)}")
+    else:
+        click.echo("warnings: none")
+
+    click.echo("\nprovenance:")
+    for key in ("astroinfer_version", "pipeline", "method", "seed", "input_path", "input_sha256",
+                "command_line", "started_utc", "finished_utc", "python", "platform"):
+        if key in prov:
+            click.echo(f"  {key}: {prov[key]}")
+    options = prov.get("options") or {}
+    if options:
+        click.echo("  options: " + ", ".join(f"{k}={v}" for k, v in sorted(options.items())))
+    versions = prov.get("versions") or {}
+    if versions:
+        click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+
+
+@cli.command("plot")
+@click.argument("result_file", metavar="OUT.h5")
+@click.option("--kind", type=click.Choice(("corner", "trace")), default="corner", show_default=True)
+@click.option("-o", "--out", "out", metavar="FIG.png", help="Figure file [default: OUT.<kind>.png].")
+@click.option("--var", "var_names", multiple=True, help="Only these posterior variables (repeatable).")
+def plot_command(result_file, kind, out, var_names) -> None:
+    """Plot a result: a corner plot of the posterior or the chains' traces."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = out or str(Path(result_file).with_suffix(f".{kind}.png"))
+    folder = Path(out).resolve().parent
+    if not folder.is_dir():
+        _fail(f"{out}: folder {folder} does not exist")
+    result = _load_result(result_file)
+    shown, _ = _scalar_variables(result.idata, var_names, max_size=1)
+    if not shown:
+        _fail(f"{result_file}: no scalar posterior variables to plot; choose some with --var NAME")
+    _save_plot(result, kind, shown, out)
+    click.echo(f"wrote {out}")
+
+
+def _save_plot(result, kind: str, var_names: list[str], out: str) -> None:
+    import tempfile
+    import warnings
+
+    import arviz as az
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    _quiet_arviz_logging()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "corner":
+            if len(var_names) == 1:
+                axes = az.plot_posterior(result.idata, var_names=var_names)
+            else:
+                size = min(2.0 * len(var_names), 16.0)
+                axes = az.plot_pair(result.idata, var_names=var_names, kind="scatter", marginals=True,
+                                    figsize=(size, size), textsize=9,
+                                    scatter_kwargs={"alpha": 0.4, "s": 3, "rasterized": True})
+        else:
+            axes = az.plot_trace(result.idata, var_names=var_names, compact=True)
+    figure = np.ravel(axes)[0].figure
+    target = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".png", dir=target.resolve().parent)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=100, bbox_inches="tight", format=(target.suffix[1:] or "png"))
+        os.chmod(tmp, _default_file_mode())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(figure)
+
+
+@cli.command("simulate")
+@click.argument("pipeline")
+@click.option("-o", "--out", "out", required=True, metavar="FILE", help="Input file to write (its format from the extension).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+def simulate_command(pipeline, out, seed) -> None:
+    """Write a synthetic input for PIPELINE with its truth recorded."""
+    import json
+
+    from astroinfer.pipeline import get_pipeline
+
+    pipe = get_pipeline(pipeline)
+    truth = pipe.simulate(Path(out), seed)
+    click.echo(f"wrote {out}")
+    click.echo(json.dumps(truth.get("truth", truth), indent=2, sort_keys=True, default=str))
+
+
+# -- entry point -----------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (and, as a script, exits with) the exit status."""
+    configure_jax_devices()
+    code = _main(argv)
+    sys.stdout.flush()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+        return 0
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.format_message())
+        return 0
+    except click.exceptions.Exit as err:  # pragma: no cover - returned, not raised, by click
+        return int(err.exit_code)
+    except click.UsageError as err:
+        command = err.ctx.command_path if err.ctx is not None else PROG
+        _echo_err(f"error: {_one_line(err.format_message())} (see '{command} --help')")
+        return 2
+    except CLIError as err:
+        _echo_err(f"error: {_one_line(err.format_message())}")
+        return 2
+    except click.ClickException as err:
+        _echo_err(f"error: {_one_line(err.format_message())}")
+        return 2 if err.exit_code == 2 else 1
+    except (click.Abort, KeyboardInterrupt):
+        _echo_err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as err:
+        try:
+            user_errors = _user_errors()
+        except Exception:  # the engine itself does not import: an internal error
+            user_errors = ()
+        if isinstance(err, user_errors):
+            _echo_err(f"error: {_one_line(err)}")
+            return 2
+        import traceback
+
+        traceback.print_exc()
+        _echo_err(f"internal error: {type(err).__name__}: {_one_line(err)} (please report this with the traceback above)")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Pipelines: the protocol every domain pipeline follows, the registry, and ``run_pipeline``.
+
+A pipeline is a :class:`Pipeline` object named in the ``astroinfer.pipelines`` entry-point
+group (built-ins are also listed in :data:`BUILTIN`, so they are found even when the
+installed entry-point metadata is stale). It bundles:
+
+- ``load(path, **load_options) -> PipelineData``: read and validate an input file; every
+  problem with the file raises :class:`InputError` naming the file, the column or option,
+  and what was expected;
+- ``model``: a plain NumPyro model function, called as ``model(**data.data)``;
+- ``simulate(path, seed) -> truth``: write a synthetic input and record its truth;
+- ``summarise(result, data)``: optional tables derived from a result;
+- ``demo_input()``: the bundled demo input (``catalogs/``), generated into the user cache
+  folder with ``simulate`` when the source tree's ``catalogs/`` is not there.
+
+This module imports no JAX/NumPyro at import time: the CLI lists and resolves pipelines,
+and reports bad names, before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from astroinfer.result import Result
+
+__all__ = [
+    "Pipeline", "PipelineData", "PipelineError", "InputError", "UnknownPipelineError",
+    "OutputError", "PipelineLoadError", "get_pipeline", "list_pipelines", "pipeline_names", "run_pipeline",
+    "prepare", "PreparedRun", "check_run_settings", "check_output_path", "user_cache_dir",
+    "ENTRY_POINT_GROUP", "BUILTIN",
+]
+
+ENTRY_POINT_GROUP = "astroinfer.pipelines"
+#: Built-in pipelines, ``name -> "module:attribute"``; the entry points of the same names
+#: point at the same objects.
+BUILTIN: dict[str, str] = {
+    "line-fit": "astroinfer.pipelines.line_fit:PIPELINE",
+}
+
+
+class PipelineError(ValueError):
+    """Base of the user-facing pipeline errors (bad name, bad input, bad output path)."""
+
+
+class InputError(PipelineError):
+    """An input file (or load option) is missing, unreadable or fails validation.
+
+    The message is one line: the file, the column or option, and what was expected.
+    """
+
+
+class UnknownPipelineError(PipelineError):
+    """No pipeline of that name is registered."""
+
+
+class OutputError(PipelineError):
+    """The output path cannot be written (missing folder, a folder, the input itself)."""
+
+
+class PipelineLoadError(RuntimeError):
+    """A registered pipeline failed to import or is not a :class:`Pipeline` (a broken install)."""
+
+
+@dataclass
+class PipelineData:
+    """A validated input: ``data`` are the model's keyword arguments, ``metadata`` describes them."""
+
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def user_cache_dir() -> Path:
+    """``$ASTROINFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/astroinfer``, else ``~/.cache/astroinfer``."""
+    explicit = os.environ.get("ASTROINFER_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "astroinfer"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One domain pipeline; see the module docstring for the meaning of each part.
+
+    ``demo_file`` is the demo input's file name in ``catalogs/`` (its truth sits beside it);
+    ``demo_seed`` is the seed ``simulate`` made it with, so it can be made again anywhere.
+    ``module_file`` is the defining module's ``__file__``, used to find the source tree.
+    """
+
+    name: str
+    description: str
+    load: Callable[..., PipelineData]
+    model: Callable[..., Any]
+    simulate: Callable[..., dict[str, Any]]
+    summarise: Callable[["Result", PipelineData], Any] | None = None
+    demo_file: str | None = None
+    demo_seed: int = 0
+    module_file: str | None = None
+
+    def demo_search_path(self) -> list[Path]:
+        """Folders searched for the demo input, in order."""
+        folders = []
+        if self.module_file:
+            here = Path(self.module_file).resolve().parent
+            folders.append(here.parent / "catalogs")  # source tree: pipelines/../catalogs
+            folders.append(here)  # installed as package data next to the module
+        return folders
+
+    def demo_input(self) -> Path:
+        """Path of the demo input: the bundled file, else one generated into the cache."""
+        if self.demo_file is None:
+            raise InputError(f"pipeline '{self.name}' has no demo input; give an INPUT file")
+        for folder in self.demo_search_path():
+            candidate = folder / self.demo_file
+            if candidate.is_file():
+                return candidate
+        cached = user_cache_dir() / "demos" / self.demo_file
+        if not cached.is_file():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            self.simulate(cached, self.demo_seed)
+        return cached
+
+
+# -- registry ------------------------------------------------------------------------
+_loaded: dict[str, Pipeline] = {}
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    try:
+        found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # broken metadata must not hide the built-ins
+        return {}
+    return {ep.name: ep for ep in found}
+
+
+def _specs() -> dict[str, str | metadata.EntryPoint]:
+    specs: dict[str, str | metadata.EntryPoint] = dict(_entry_points())
+    specs.update(BUILTIN)  # a built-in name always means the built-in
+    return specs
+
+
+def pipeline_names() -> list[str]:
+    """Names of every registered pipeline (no pipeline module is imported)."""
+    return sorted(_specs())
+
+
+def _load_spec(name: str, spec: str | metadata.EntryPoint) -> Pipeline:
+    try:
+        if isinstance(spec, str):
+            module_name, _, attribute = spec.partition(":")
+            obj = getattr(import_module(module_name), attribute)
+        else:
+            obj = spec.load()
+    except Exception as err:
+        where = spec if isinstance(spec, str) else spec.value
+        raise PipelineLoadError(f"pipeline '{name}' ({where}) failed to load: {type(err).__name__}: {err}") from err
+    if not isinstance(obj, Pipeline):
+        raise PipelineLoadError(f"pipeline '{name}' is a {type(obj).__name__}, not an astroinfer.pipeline.Pipeline")
+    return obj
+
+
+def get_pipeline(name: str) -> Pipeline:
+    """The pipeline registered as ``name``; :class:`UnknownPipelineError` lists the known ones."""
+    if name in _loaded:
+        return _loaded[name]
+    specs = _specs()
+    if name not in specs:
+        known = ", ".join(sorted(specs)) or "none"
+        raise UnknownPipelineError(f"unknown pipeline '{name}'; known pipelines: {known}")
+    pipeline = _load_spec(name, specs[name])
+    _loaded[name] = pipeline
+    return pipeline
+
+
+def list_pipelines() -> list[Pipeline]:
+    """Every registered pipeline that loads, sorted by name (failures are warned about)."""
+    found = []
+    for name in pipeline_names():
+        try:
+            found.append(get_pipeline(name))
+        except PipelineLoadError as err:
+            warnings.warn(str(err), RuntimeWarning, stacklevel=2)
+    return found
+
+
+# -- running -------------------------------------------------------------------------
+def _is_count(value: Any) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_run_settings(method: str, seed: Any, num_samples: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse a bad method, seed, sample count or option before any data is read.
+
+    Returns the method's resolved options; raises ``astroinfer.OptionError``.
+    """
+    from astroinfer.engine import OptionError, validate_options
+
+    resolved = validate_options(method, dict(options))  # also checks the method name
+    if not _is_count(num_samples) or num_samples < 1:
+        raise OptionError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not _is_count(seed) or seed < 0:
+        raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
+    return resolved
+
+
+def check_output_path(out: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
+    """Refuse an output path that cannot be written, before any sampling is done."""
+    path = Path(out)
+    if path.is_dir():
+        raise OutputError(f"{out}: is a folder; expected a result file name such as run.h5")
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise OutputError(f"{out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{out}: folder {folder} is not writable")
+    if input_path is not None and path.exists() and Path(input_path).exists():
+        if path.resolve() == Path(input_path).resolve():
+            raise OutputError(f"{out}: is the input file; choose another output name")
+    return path
+
+
+@dataclass
+class PreparedRun:
+    """A run whose settings, input and output path have been checked; :meth:`sample` runs it."""
+
+    pipeline: Pipeline
+    input_path: Path
+    loaded: PipelineData
+    out: Path | None
+    method: str
+    seed: int
+    num_samples: int
+    options: dict[str, Any]
+    load_options: dict[str, Any]
+
+    def sample(self, progress: bool = False) -> "Result":
+        """Sample, record the input's metadata in the provenance, save to ``out`` if given."""
+        from astroinfer.engine import sample
+
+        result = sample(
+            self.pipeline.model,
+            self.loaded.data,
+            method=self.method,
+            seed=self.seed,
+            num_samples=self.num_samples,
+            progress=progress,
+            pipeline=self.pipeline.name,
+            input_path=str(self.input_path),
+            **self.options,
+        )
+        result.provenance["input_metadata"] = dict(self.loaded.metadata)
+        if self.load_options:
+            result.provenance["load_options"] = dict(self.load_options)
+        if self.out is not None:
+            result.save(self.out)
+        return result
+
+
+def prepare(
+    name: str,
+    input: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    method: str = "nuts",
+    seed: int = 0,
+    *,
+    num_samples: int = 1000,
+    load_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> PreparedRun:
+    """Check everything a run needs, cheapest first, and load the input; sample nothing."""
+    pipeline = get_pipeline(name)
+    check_run_settings(method, seed, num_samples, options)
+    input_path = Path(input) if input is not None else pipeline.demo_input()
+    out_path = check_output_path(out, input_path) if out is not None else None
+    loaded = pipeline.load(input_path, **dict(load_options or {}))
+    return PreparedRun(pipeline, input_path, loaded, out_path, method, seed, num_samples,
+                       dict(options), dict(load_options or {}))
+
+
+def run_pipeline(
+    name: str,
+    input: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    method: str = "nuts",
+    seed: int = 0,
+    *,
+    num_samples: int = 1000,
+    progress: bool = False,
+    load_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> "Result":
+    """Load ``input`` with pipeline ``name`` (its demo input if None), sample, save to ``out``.
+
+    Bad settings raise ``astroinfer.OptionError`` and a bad input :class:`InputError`, both
+    before any sampling; ``out`` (if given) is written atomically, so a failing run never
+    leaves a partial file and never destroys an existing one. Returns the ``Result``.
+    """
+    run = prepare(name, input, out, method, seed, num_samples=num_samples, load_options=load_options, **options)
+    return run.sample(progress=progress)

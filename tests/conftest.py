@@ -1,0 +1,81 @@
+"""Shared fixtures: simulated line-fit data, and running the CLI in-process or as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "catalogs" / "line_fit_demo.csv"
+DEMO_TRUTH = REPO / "catalogs" / "line_fit_demo.truth.json"
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    env.setdefault("MPLBACKEND", "Agg")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def run_process():
+    """Run ``astroinfer ARGS...`` as a separate process: (exit code, stdout, stderr)."""
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 600):
+        proc = subprocess.run(
+            [sys.executable, "-m", "astroinfer.cli", *map(str, args)],
+            cwd=cwd, env=_subprocess_env(), capture_output=True, text=True, timeout=timeout,
+        )
+        return proc.returncode, proc.stdout, proc.stderr
+
+    return run
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run the CLI in this process through ``astroinfer.cli.main``: (exit code, stdout, stderr)."""
+    from astroinfer.cli import main
+
+    # main() may add to XLA_FLAGS; monkeypatch restores it afterwards.
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
+    def run(*args: str):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """Exit status 2, exactly one ``astroinfer: error:`` line on stderr, no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, f"exit status {code}, stderr:\n{err}"
+    assert "Traceback" not in err
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("astroinfer: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def simulated_line(tmp_path_factory):
+    """A simulated line-fit table (seed 11, 60 points) and its recorded truth."""
+    from astroinfer.pipelines.line_fit import simulate
+
+    path = tmp_path_factory.mktemp("line") / "sim.csv"
+    record = simulate(path, seed=11, num_points=60)
+    return path, record
+
+
+@pytest.fixture(scope="session")
+def demo_truth() -> dict:
+    return json.loads(DEMO_TRUTH.read_text())
