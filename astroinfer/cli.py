@@ -74,6 +74,18 @@ def configure_jax_devices(environ: dict[str, str] | None = None) -> None:
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
+def configure_compilation_cache(environ: dict[str, str] | None = None) -> None:
+    """JAX's persistent compilation cache under the user cache folder, so that a second run
+    of the same pipeline starts without recompiling. JAX reads these variables when it is
+    imported; a user's own setting wins."""
+    from astroinfer.pipeline import user_cache_dir
+
+    env = os.environ if environ is None else environ
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(user_cache_dir() / "jax"))
+    # Many of a run's compilations are small; cache those too (JAX's default is 1 s).
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or usage (exit 2).
 
@@ -440,6 +452,7 @@ def simulate_command(pipeline, out, seed) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and, as a script, exits with) the exit status."""
     configure_jax_devices()
+    configure_compilation_cache()
     code = _main(argv)
     sys.stdout.flush()
     return code

@@ -80,6 +80,11 @@ def validate_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise OptionError(f"option {name} must be a string, got {value!r}")
+    if method == "nested" and merged["num_delete"] is not None and merged["num_delete"] >= merged["num_live_points"]:
+        raise OptionError(
+            f"option num_delete ({merged['num_delete']}) must be smaller than num_live_points "
+            f"({merged['num_live_points']})"
+        )
     choices = getattr(METHODS[method], "CHOICES", {})
     for name, allowed in choices.items():
         if merged[name] not in allowed:

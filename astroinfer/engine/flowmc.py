@@ -23,6 +23,7 @@ can be reused on a rerun of the same model and data (``reuse_flow=``), which ski
 from __future__ import annotations
 
 import hashlib
+import sys
 import inspect
 from typing import Any, Callable
 
@@ -254,7 +255,7 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
         if progress:
             acc_text = f", global acceptance {warmup_global_acceptance[-1]:.2f}" if trained else ""
             print(f"\rflowmc warmup loop {loop + 1}/{num_warmup_loops}: local acceptance "
-                  f"{warmup_local_acceptance[-1]:.2f}{acc_text}   ", end="", flush=True)
+                  f"{warmup_local_acceptance[-1]:.2f}{acc_text}   ", end="", flush=True, file=sys.stderr)
         done_training = trained and (
             opts["reuse_flow"] is not None
             or warmup_global_acceptance[-1] >= opts["target_global_acceptance"]
@@ -289,9 +290,9 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
         pieces.append(piece)
         if progress:
             print(f"\rflowmc sampling: {min((index + 1) * n_iter, num_samples)}/{num_samples} draws per chain   ",
-                  end="", flush=True)
+                  end="", flush=True, file=sys.stderr)
     if progress:
-        print()
+        print(file=sys.stderr)
     trace, log_p, local_acc, accepted, switches = (
         np.concatenate([np.asarray(p[i]) for p in pieces], axis=1)[:, :num_samples] for i in range(5)
     )

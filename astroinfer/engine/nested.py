@@ -13,6 +13,7 @@ dead points are mapped back to constrained values at the end.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import blackjax
@@ -46,8 +47,6 @@ def resolve(options: dict[str, Any], ndim: int) -> dict[str, Any]:
         resolved["num_delete"] = max(1, resolved["num_live_points"] // 10)
     if resolved["num_inner_steps"] is None:
         resolved["num_inner_steps"] = max(5, 3 * ndim)
-    if resolved["num_delete"] >= resolved["num_live_points"]:
-        raise ValueError("option num_delete must be smaller than num_live_points")
     return resolved
 
 
@@ -99,7 +98,7 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
                 f"\rnested: {(index + 1) * opts['steps_per_chunk'] * opts['num_delete']} dead points, "
                 f"log Z = {float(jnp.logaddexp(integrator.logZ, integrator.logZ_live)):.3f}, "
                 f"live fraction = {np.exp(min(remaining, 0.0)):.2e}",
-                end="", flush=True,
+                end="", flush=True, file=sys.stderr,
             )
         if not np.isfinite(float(integrator.logZ_live)) and np.isfinite(float(integrator.logZ)):
             converged = True
@@ -108,7 +107,7 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
             converged = True
             break
     if progress:
-        print()
+        print(file=sys.stderr)
 
     dead = jax.tree.map(lambda *xs: jnp.concatenate([x.reshape((-1,) + x.shape[2:]) for x in xs]), *dead_chunks)
     particles = jax.tree.map(lambda d, l: jnp.concatenate([d, l]), dead, state.particles)
