@@ -40,6 +40,8 @@ from typing import Any, NoReturn
 
 import click
 
+from astroinfer.files import atomic_write
+
 PROG = "astroinfer"
 METHOD_NAMES = ("nuts", "nested", "flowmc")
 CONFIG_KEYS = ("method", "seed", "num_samples")
@@ -100,13 +102,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     if engine is not None:
         types += [engine.OptionError, engine.ModelError]
     return tuple(types)
-
-
-def _default_file_mode() -> int:
-    """The mode a newly created file gets under the user's umask (mkstemp makes 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _quiet_arviz_logging() -> None:
@@ -396,7 +391,6 @@ def plot_command(result_file, kind, out, var_names) -> None:
 
 
 def _save_plot(result, kind: str, var_names: list[str], out: str) -> None:
-    import tempfile
     import warnings
 
     import arviz as az
@@ -418,16 +412,9 @@ def _save_plot(result, kind: str, var_names: list[str], out: str) -> None:
             axes = az.plot_trace(result.idata, var_names=var_names, compact=True)
     figure = np.ravel(axes)[0].figure
     target = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".png", dir=target.resolve().parent)
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=100, bbox_inches="tight", format=(target.suffix[1:] or "png"))
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(target, lambda tmp: figure.savefig(tmp, dpi=100, bbox_inches="tight",
+                                                         format=(target.suffix[1:] or "png")))
     finally:
         plt.close(figure)
 

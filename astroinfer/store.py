@@ -20,13 +20,14 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from astroinfer.files import atomic_write
 
 if TYPE_CHECKING:
     from astroinfer.result import Result
@@ -128,20 +129,8 @@ def save(result: "Result", path: str | os.PathLike) -> Path:
         attrs["log_evidence_err"] = float(result.log_evidence_err)
     idata = result.idata.copy()
     idata.attrs = attrs  # root attributes of the file
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it private; results are ordinary files
-    try:
-        idata.to_netcdf(tmp_name, engine="h5netcdf")
-        with open(tmp_name, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    # The SIGKILL test in tests/test_store.py relies on this going through atomic_write.
+    atomic_write(path, lambda tmp: idata.to_netcdf(tmp, engine="h5netcdf"))
     return path
 
 

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData
 
 if TYPE_CHECKING:
@@ -233,21 +233,6 @@ def truth_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{stem}.truth.json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_extension(path) or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def simulate(path: str | os.PathLike, seed: int = 0, *, num_points: int = 50,
              truth: dict[str, float] | None = None) -> dict[str, Any]:
     """Write a synthetic line-fit table to ``path`` (.csv, .ecsv or .fits); return the truth.
@@ -310,10 +295,10 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_points: int = 50,
     elif fmt == "fits":
         table.meta.update({"PIPELINE": NAME, "SEED": int(seed), "M_TRUE": params["m"], "B_TRUE": params["b"],
                            "Q_TRUE": params["Q"], "YB_TRUE": params["Y_b"], "VB_TRUE": params["V_b"]})
-    _atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True))
+    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), suffix=_extension(path) or ".tmp")
     sidecar = truth_path(path)
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
     return record
 
 

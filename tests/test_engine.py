@@ -134,7 +134,7 @@ def test_same_seed_gives_identical_draws(method):
     small = {
         "nuts": dict(num_warmup=100, num_chains=2),
         "nested": dict(num_live_points=100),
-        "flowmc": dict(num_chains=8, num_warmup_loops=2, warmup_steps_per_loop=50, max_epochs=20),
+        "flowmc": dict(num_chains=8, num_warmup_loops=2, steps_per_loop=50, max_epochs=20),
     }[method]
     runs = [astroinfer.sample(gamma_poisson, dict(counts=jnp.asarray(COUNTS)), method=method, seed=seed,
                               num_samples=200, **small) for seed in (7, 7, 8)]
