@@ -370,11 +370,12 @@ def show_command(result_file, var_names) -> None:
 
 @cli.command("plot")
 @click.argument("result_file", metavar="OUT.h5")
-@click.option("--kind", type=click.Choice(("corner", "trace")), default="corner", show_default=True)
+@click.option("--kind", type=click.Choice(("corner", "trace", "flow")), default="corner", show_default=True,
+              help="corner/trace of the posterior, or flow: flow-MC training loss and acceptance per loop.")
 @click.option("-o", "--out", "out", metavar="FIG.png", help="Figure file [default: OUT.<kind>.png].")
 @click.option("--var", "var_names", multiple=True, help="Only these posterior variables (repeatable).")
 def plot_command(result_file, kind, out, var_names) -> None:
-    """Plot a result: a corner plot of the posterior or the chains' traces."""
+    """Plot a result: a corner plot of the posterior, the chains' traces, or flow-MC's training."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -383,8 +384,10 @@ def plot_command(result_file, kind, out, var_names) -> None:
     if not folder.is_dir():
         _fail(f"{out}: folder {folder} does not exist")
     result = _load_result(result_file)
+    if kind == "flow" and result.method != "flowmc":
+        _fail(f"{result_file}: --kind flow needs a flowmc result, this one is from method '{result.method}'")
     shown, _ = _scalar_variables(result.idata, var_names, max_size=1)
-    if not shown:
+    if not shown and kind != "flow":
         _fail(f"{result_file}: no scalar posterior variables to plot; choose some with --var NAME")
     _save_plot(result, kind, shown, out)
     click.echo(f"wrote {out}")
@@ -400,7 +403,11 @@ def _save_plot(result, kind: str, var_names: list[str], out: str) -> None:
     _quiet_arviz_logging()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if kind == "corner":
+        if kind == "flow":
+            from astroinfer.plots import flow_training_figure
+
+            axes = flow_training_figure(result).axes
+        elif kind == "corner":
             if len(var_names) == 1:
                 axes = az.plot_posterior(result.idata, var_names=var_names)
             else:

@@ -304,3 +304,11 @@ def test_configure_jax_devices_respects_the_user():
     env = {"XLA_FLAGS": "--foo"}
     configure_jax_devices(env)
     assert env["XLA_FLAGS"].startswith("--foo --xla_force_host_platform_device_count=")
+
+
+def test_flow_plot_needs_a_flowmc_result(nuts_run, run_cli):
+    path = nuts_run[0]
+    figure = path.parent / "flow.png"
+    code, out, err = run_cli("plot", path, "--kind", "flow", "-o", figure)
+    assert code == 2 and "needs a flowmc result" in err and len(err.strip().splitlines()) == 1
+    assert not figure.exists()

@@ -59,6 +59,11 @@ def test_stored_flow_is_reused_and_skips_training(tmp_path):
     first = astroinfer.sample(model, {}, method="flowmc", seed=0, num_samples=500, num_chains=16)
     assert first.diagnostics["num_training_loops"] >= 1
     path = first.save(tmp_path / "first.h5")
+    from astroinfer.cli import main
+
+    figure = tmp_path / "flow.png"
+    assert main(["plot", str(path), "--kind", "flow", "-o", str(figure)]) == 0
+    assert figure.stat().st_size > 10_000
     again = astroinfer.sample(model, {}, method="flowmc", seed=1, num_samples=2000, num_chains=16,
                               reuse_flow=str(path))
     assert again.diagnostics["flow_reused"] and again.diagnostics["num_training_loops"] == 0
