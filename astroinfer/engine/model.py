@@ -83,17 +83,10 @@ class ModelBridge:
         self.ndim = int(flat.shape[0])
         self.sites = _classify_sites(info.model_trace)
         self._model_trace = info.model_trace
-        # Shapes of each latent site in constrained space, for labelling draws.
-        self.latent_shapes = {
-            name: tuple(np.shape(info.model_trace[name]["value"])) for name in self.sites.latent_names
-        }
 
     # -- pytree <-> flat -------------------------------------------------------------
     def unravel(self, flat: jax.Array) -> dict[str, jax.Array]:
         return self._unravel(flat)
-
-    def ravel(self, tree: dict[str, jax.Array]) -> jax.Array:
-        return ravel_pytree({k: tree[k] for k in self.unravel(self.init_flat)})[0]
 
     # -- densities on the flat unconstrained vector ---------------------------------
     def log_density(self, flat: jax.Array) -> jax.Array:
@@ -175,11 +168,3 @@ class ModelBridge:
         flat = flat_draws.reshape((-1, self.ndim))
         out = jax.jit(jax.vmap(self.constrain))(flat)
         return {k: np.asarray(v).reshape(lead + v.shape[1:]) for k, v in out.items()}
-
-    def observed_data(self) -> dict[str, np.ndarray]:
-        return {
-            name: np.asarray(self._model_trace[name]["value"])
-            for name in self.sites.observed_names
-            if not (name.startswith("_") and name.endswith("_log_det"))
-            and self._model_trace[name]["fn"].__class__.__name__ != "Unit"
-        }
