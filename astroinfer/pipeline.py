@@ -190,25 +190,14 @@ def list_pipelines() -> list[Pipeline]:
 
 
 # -- running -------------------------------------------------------------------------
-def _is_count(value: Any) -> bool:
-    import numbers
-
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_run_settings(method: str, seed: Any, num_samples: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     """Refuse a bad method, seed, sample count or option before any data is read.
 
     Returns the method's resolved options; raises ``astroinfer.OptionError``.
     """
-    from astroinfer.engine import OptionError, validate_options
+    from astroinfer.engine import check_settings
 
-    resolved = validate_options(method, dict(options))  # also checks the method name
-    if not _is_count(num_samples) or num_samples < 1:
-        raise OptionError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not _is_count(seed) or seed < 0:
-        raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
-    return resolved
+    return check_settings(method, seed, num_samples, dict(options))
 
 
 def check_output_path(out: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:

@@ -12,7 +12,6 @@ import arviz as az
 import h5py
 import numpy as np
 import pytest
-import xarray as xr
 
 import astroinfer
 from astroinfer.result import Result

@@ -16,22 +16,19 @@ import numpy as np
 
 from astroinfer.engine import flowmc, nested, nuts
 from astroinfer.engine.diagnostics import convergence_diagnostics
-from astroinfer.engine.model import ModelBridge, ModelError
+from astroinfer.engine.errors import OptionError
+from astroinfer.engine.model import ModelError
 from astroinfer.engine.run import MethodRun
 from astroinfer.engine.timing import CompileTimer
 from astroinfer.result import Result
 from astroinfer.store import provenance, utc_now
 
 __all__ = [
-    "sample", "METHODS", "method_defaults", "validate_options",
+    "sample", "METHODS", "method_defaults", "validate_options", "check_settings",
     "ModelError", "OptionError", "ConvergenceWarning",
 ]
 
 METHODS: dict[str, Any] = {"nuts": nuts, "nested": nested, "flowmc": flowmc}
-
-
-class OptionError(ValueError):
-    """An unknown method, an unknown option or an option value of the wrong kind."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -80,16 +77,27 @@ def validate_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise OptionError(f"option {name} must be a string, got {value!r}")
-    if method == "nested" and merged["num_delete"] is not None and merged["num_delete"] >= merged["num_live_points"]:
-        raise OptionError(
-            f"option num_delete ({merged['num_delete']}) must be smaller than num_live_points "
-            f"({merged['num_live_points']})"
-        )
+    check_together = getattr(METHODS[method], "check_options", None)
+    if check_together is not None:  # constraints between a method's options
+        check_together(merged)
     choices = getattr(METHODS[method], "CHOICES", {})
     for name, allowed in choices.items():
         if merged[name] not in allowed:
             raise OptionError(f"option {name} must be one of {', '.join(map(str, allowed))}, got {merged[name]!r}")
     return merged
+
+
+def check_settings(method: str, seed: Any, num_samples: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a bad method, seed, sample count or option; return the resolved options.
+
+    :func:`sample` calls it first; pipelines call it before reading any data.
+    """
+    resolved = validate_options(method, dict(options))  # also checks the method name
+    if not _is_count(num_samples) or num_samples < 1:
+        raise OptionError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not _is_count(seed) or seed < 0:
+        raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
+    return resolved
 
 
 def _to_idata(run: MethodRun, observed: dict[str, np.ndarray]) -> az.InferenceData:
@@ -147,13 +155,8 @@ def sample(
     options:
         Method options; ``method_defaults(method)`` lists them with their defaults.
     """
-    check_method(method)
-    if not _is_count(num_samples) or num_samples < 1:
-        raise OptionError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not _is_count(seed) or seed < 0:
-        raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
+    resolved = check_settings(method, seed, num_samples, options)
     data = dict(data or {})
-    resolved = validate_options(method, options)
     started = utc_now()
     with CompileTimer() as timer:
         run = METHODS[method].run(

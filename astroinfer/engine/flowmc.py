@@ -23,8 +23,8 @@ can be reused on a rerun of the same model and data (``reuse_flow=``), which ski
 from __future__ import annotations
 
 import hashlib
-import sys
 import inspect
+import sys
 from typing import Any, Callable
 
 import blackjax
@@ -41,6 +41,7 @@ from flowjax.train import fit_to_data
 from flowjax.train.losses import MaximumLikelihoodLoss
 from jax.flatten_util import ravel_pytree
 
+from astroinfer.engine.errors import OptionError
 from astroinfer.engine.model import ModelBridge
 from astroinfer.engine.run import MethodRun
 
@@ -190,7 +191,7 @@ def _load_state(path: str, expected: str, template) -> dict[str, Any]:
     stored = store.load(path)
     found = stored.diagnostics.get("flow_fingerprint")
     if found != expected:
-        raise ValueError(
+        raise OptionError(
             f"option reuse_flow: {path} holds a flow for another model, data or flow shape "
             f"(fingerprint {str(found)[:12]}..., expected {expected[:12]}...)"
         )

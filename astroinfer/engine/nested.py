@@ -25,6 +25,7 @@ from blackjax.ns.integrator import init_integrator, update_integrator
 from blackjax.ns.base import NSInfo
 from blackjax.ns.utils import log_weights
 
+from astroinfer.engine.errors import OptionError
 from astroinfer.engine.model import ModelBridge
 from astroinfer.engine.run import MethodRun
 
@@ -39,6 +40,15 @@ DEFAULTS: dict[str, Any] = {
     "steps_per_chunk": 50,  # compiled steps between convergence checks
     "num_volume_simulations": 100,  # simulated prior-volume sequences for the evidence error
 }
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Constraints between options, checked before any sampling."""
+    if options["num_delete"] is not None and options["num_delete"] >= options["num_live_points"]:
+        raise OptionError(
+            f"option num_delete ({options['num_delete']}) must be smaller than num_live_points "
+            f"({options['num_live_points']})"
+        )
 
 
 def resolve(options: dict[str, Any], ndim: int) -> dict[str, Any]:
