@@ -44,6 +44,7 @@ from astroinfer.files import atomic_write
 
 PROG = "astroinfer"
 METHOD_NAMES = ("nuts", "nested", "flowmc")
+GENERIC_PLOT_KINDS = ("corner", "trace", "flow")
 CONFIG_KEYS = ("method", "seed", "num_samples")
 MAX_DEVICES = 2
 
@@ -132,10 +133,14 @@ def cli() -> None:
 
 
 @cli.command("pipelines")
-def pipelines_command() -> None:
-    """List the available pipelines with one-line descriptions."""
+@click.argument("name", required=False)
+def pipelines_command(name) -> None:
+    """List the available pipelines, or describe pipeline NAME and its own options."""
     from astroinfer.pipeline import PipelineLoadError, get_pipeline, pipeline_names
 
+    if name is not None:
+        _describe_pipeline(get_pipeline(name))
+        return
     names = pipeline_names()
     width = max((len(n) for n in names), default=0)
     for name in names:
@@ -144,6 +149,22 @@ def pipelines_command() -> None:
         except PipelineLoadError as err:
             description = f"(failed to load: {_one_line(err)})"
         click.echo(f"{name.ljust(width)}  {description}")
+
+
+def _describe_pipeline(pipe) -> None:
+    click.echo(f"{pipe.name}: {pipe.description}")
+    for title, options in (("run options", pipe.options), ("simulate options", pipe.simulate_options)):
+        if not options:
+            continue
+        click.echo(f"\n{title}:")
+        for option in options:
+            usage = option.cli_flag + ("" if option.flag else " VALUE")
+            default = "" if option.default is None else f" [default: {option.default}]"
+            click.echo(f"  {usage:28s} {option.help}{default}")
+    kinds = ["corner", "trace", "flow", *pipe.plots]
+    click.echo(f"\nplot kinds: {', '.join(kinds)}")
+    if pipe.batch:
+        click.echo("batch pipeline: accepts --scheduler local|ADDRESS and --resume")
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -172,7 +193,10 @@ def _check_config(path: str, config: dict[str, Any]) -> None:
     from astroinfer.engine import OptionError, validate_options
 
     for key, value in config.items():
-        if key in METHOD_NAMES:
+        if key == "pipeline":
+            if not isinstance(value, dict):
+                _fail(f"{path}: 'pipeline' must be a table ([pipeline]) of the pipeline's own options")
+        elif key in METHOD_NAMES:
             if not isinstance(value, dict):
                 _fail(f"{path}: '{key}' must be a table ([{key}]) of method options")
             try:
@@ -182,7 +206,7 @@ def _check_config(path: str, config: dict[str, Any]) -> None:
         elif key not in CONFIG_KEYS:
             _fail(
                 f"{path}: unknown key '{key}'; expected {', '.join(CONFIG_KEYS)} "
-                f"or tables {', '.join(f'[{m}]' for m in METHOD_NAMES)}"
+                f"or tables {', '.join(f'[{m}]' for m in (*METHOD_NAMES, 'pipeline'))}"
             )
     if "method" in config and config["method"] not in METHOD_NAMES:
         _fail(f"{path}: method must be one of {', '.join(METHOD_NAMES)}, got {config['method']!r}")
@@ -205,7 +229,7 @@ def _print_summary(summary: Any) -> None:
             click.echo(value.to_string())
 
 
-@cli.command("run")
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("pipeline")
 @click.argument("input", required=False)
 @click.option("-o", "--out", "out", metavar="OUT.h5", help="Result file [default: PIPELINE.h5 here].")
@@ -217,9 +241,17 @@ def _print_summary(summary: Any) -> None:
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Posterior draws per chain (equally weighted draws for nested) [default: 1000].")
 @click.option("--warmup", type=click.IntRange(min=1), default=None, help="Warmup steps (num_warmup; nuts).")
+@click.option("--scheduler", default=None, metavar="local|ADDRESS",
+              help="Batch pipelines: run chunks on a Dask LocalCluster (local) or an existing cluster.")
+@click.option("--resume", is_flag=True, help="Batch pipelines: finish an interrupted run into the same OUT.h5.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; warnings still show.")
-def run_command(pipeline, input, out, method, seed, config_path, chains, samples, warmup, quiet) -> None:
+@click.pass_context
+def run_command(ctx, pipeline, input, out, method, seed, config_path, chains, samples, warmup,
+                scheduler, resume, quiet) -> None:
     """Run PIPELINE on INPUT (the pipeline's demo input if omitted) and save the result.
+
+    The pipeline's own options (`astroinfer pipelines PIPELINE` lists them) go after the
+    pipeline name, e.g. `astroinfer run spectral-lines spec.fits --lines auto`.
 
     \b
     OPTIONS.toml holds run settings and each method's options:
@@ -228,12 +260,25 @@ def run_command(pipeline, input, out, method, seed, config_path, chains, samples
       num_samples = 2000
       [nested]                # a table per method: nuts, nested, flowmc
       num_live_points = 1000  # (astroinfer.method_defaults(method) lists them)
+      [pipeline]              # the pipeline's own options; command-line flags win
     """
-    from astroinfer.pipeline import get_pipeline
+    from astroinfer.pipeline import get_pipeline, parse_option_args
 
-    get_pipeline(pipeline)  # an unknown name fails before anything else is read
+    pipe = get_pipeline(pipeline)  # an unknown name fails before anything else is read
+    if input is not None and input.startswith("--"):  # a pipeline option, not a file name
+        ctx.args.insert(0, input)
+        input = None
+    load_options = parse_option_args(pipeline, pipe.options, ctx.args)
     config = _read_config(config_path) if config_path else {}
     _check_config(config_path, config)
+    if "pipeline" in config:
+        from astroinfer.pipeline import check_pipeline_options
+
+        try:
+            check_pipeline_options(pipe, config["pipeline"])
+        except ValueError as err:
+            _fail(f"{config_path}: [pipeline] {_one_line(err)}")
+        load_options = {**config["pipeline"], **load_options}
     method = method or config.get("method", "nuts")
 
     from astroinfer.engine import method_defaults
@@ -251,17 +296,19 @@ def run_command(pipeline, input, out, method, seed, config_path, chains, samples
     num_samples = samples if samples is not None else config.get("num_samples", 1000)
     check_run_settings(method, seed, num_samples, options)
     out = out or f"{pipeline}.h5"
+    execution = {"scheduler": scheduler, "resume": resume}
 
-    _run(pipeline, input, out, method, seed, num_samples, options, quiet)
+    _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet)
 
 
-def _run(pipeline, input, out, method, seed, num_samples, options, quiet) -> None:
+def _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet) -> None:
     import warnings
 
     from astroinfer.engine import ConvergenceWarning
     from astroinfer.pipeline import prepare
 
-    prepared = prepare(pipeline, input, out, method, seed, num_samples=num_samples, **options)
+    prepared = prepare(pipeline, input, out, method, seed, num_samples=num_samples,
+                       load_options=load_options, execution=execution, **options)
     pipe, data = prepared.pipeline, prepared.loaded
     if not quiet:
         source = "" if input is not None else " (demo input)"
@@ -366,12 +413,30 @@ def show_command(result_file, var_names) -> None:
     versions = prov.get("versions") or {}
     if versions:
         click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    pipe = _result_pipeline(result)
+    if pipe is not None and pipe.show is not None:
+        click.echo(f"\n{pipe.name}:")
+        click.echo(pipe.show(result))
+
+
+def _result_pipeline(result):
+    """The pipeline that made ``result``, or None (none recorded, or not installed here)."""
+    from astroinfer.pipeline import PipelineError, PipelineLoadError, get_pipeline
+
+    name = result.provenance.get("pipeline")
+    if not name:
+        return None
+    try:
+        return get_pipeline(name)
+    except (PipelineError, PipelineLoadError):
+        return None
 
 
 @cli.command("plot")
 @click.argument("result_file", metavar="OUT.h5")
-@click.option("--kind", type=click.Choice(("corner", "trace", "flow")), default="corner", show_default=True,
-              help="corner/trace of the posterior, or flow: flow-MC training loss and acceptance per loop.")
+@click.option("--kind", default="corner", show_default=True,
+              help="corner/trace of the posterior; flow: flow-MC training loss and acceptance per loop; "
+                   "or a kind of the result's pipeline (astroinfer pipelines NAME lists them).")
 @click.option("-o", "--out", "out", metavar="FIG.png", help="Figure file [default: OUT.<kind>.png].")
 @click.option("--var", "var_names", multiple=True, help="Only these posterior variables (repeatable).")
 def plot_command(result_file, kind, out, var_names) -> None:
@@ -383,7 +448,22 @@ def plot_command(result_file, kind, out, var_names) -> None:
     folder = Path(out).resolve().parent
     if not folder.is_dir():
         _fail(f"{out}: folder {folder} does not exist")
+    if kind not in GENERIC_PLOT_KINDS:  # a kind no pipeline knows fails before the file is read
+        from astroinfer.pipeline import list_pipelines
+
+        every_kind = sorted({k for p in list_pipelines() for k in p.plots})
+        if kind not in every_kind:
+            _fail(f"--kind {kind!r}: expected one of {', '.join((*GENERIC_PLOT_KINDS, *every_kind))}")
     result = _load_result(result_file)
+    pipe = _result_pipeline(result)
+    pipeline_kinds = dict(pipe.plots) if pipe is not None else {}
+    if kind not in GENERIC_PLOT_KINDS and kind not in pipeline_kinds:
+        _fail(f"--kind {kind!r} is not a plot of this result; expected one of "
+              f"{', '.join((*GENERIC_PLOT_KINDS, *pipeline_kinds))}")
+    if kind in pipeline_kinds:
+        _save_figure(pipeline_kinds[kind](result), out)
+        click.echo(f"wrote {out}")
+        return
     if kind == "flow" and result.method != "flowmc":
         _fail(f"{result_file}: --kind flow needs a flowmc result, this one is from method '{result.method}'")
     shown, _ = _scalar_variables(result.idata, var_names, max_size=1)
@@ -397,7 +477,6 @@ def _save_plot(result, kind: str, var_names: list[str], out: str) -> None:
     import warnings
 
     import arviz as az
-    import matplotlib.pyplot as plt
     import numpy as np
 
     _quiet_arviz_logging()
@@ -417,7 +496,12 @@ def _save_plot(result, kind: str, var_names: list[str], out: str) -> None:
                                     scatter_kwargs={"alpha": 0.4, "s": 3, "rasterized": True})
         else:
             axes = az.plot_trace(result.idata, var_names=var_names, compact=True)
-    figure = np.ravel(axes)[0].figure
+    _save_figure(np.ravel(axes)[0].figure, out)
+
+
+def _save_figure(figure, out: str) -> None:
+    import matplotlib.pyplot as plt
+
     target = Path(out)
     try:
         atomic_write(target, lambda tmp: figure.savefig(tmp, dpi=100, bbox_inches="tight",
@@ -426,18 +510,23 @@ def _save_plot(result, kind: str, var_names: list[str], out: str) -> None:
         plt.close(figure)
 
 
-@cli.command("simulate")
+@cli.command("simulate", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("pipeline")
 @click.option("-o", "--out", "out", required=True, metavar="FILE", help="Input file to write (its format from the extension).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
-def simulate_command(pipeline, out, seed) -> None:
-    """Write a synthetic input for PIPELINE with its truth recorded."""
+@click.pass_context
+def simulate_command(ctx, pipeline, out, seed) -> None:
+    """Write a synthetic input for PIPELINE with its truth recorded.
+
+    The pipeline's simulation options (`astroinfer pipelines PIPELINE` lists them) follow.
+    """
     import json
 
-    from astroinfer.pipeline import get_pipeline
+    from astroinfer.pipeline import get_pipeline, parse_option_args
 
     pipe = get_pipeline(pipeline)
-    truth = pipe.simulate(Path(out), seed)
+    settings = parse_option_args(pipeline, pipe.simulate_options, ctx.args)
+    truth = pipe.simulate(Path(out), seed, **settings)
     click.echo(f"wrote {out}")
     click.echo(json.dumps(truth.get("truth", truth), indent=2, sort_keys=True, default=str))
 

@@ -13,6 +13,20 @@ installed entry-point metadata is stale). It bundles:
 - ``demo_input()``: the bundled demo input (``catalogs/``), generated into the user cache
   folder with ``simulate`` when the source tree's ``catalogs/`` is not there.
 
+Optional hooks, for pipelines that need more than one ``engine.sample`` call:
+
+- ``options`` / ``simulate_options``: the pipeline's own settings (:class:`PipelineOption`),
+  given as ``load_options`` to ``load`` and as keywords to ``simulate``; on the command line
+  they are ``--name`` flags after the pipeline name;
+- ``sample(prepared, progress) -> Result``: runs the inference in place of the one
+  ``engine.sample`` call (several models compared by evidence, per-object quantities drawn
+  after the globals, batches of many problems); it calls ``prepared.finish(result)`` to record
+  provenance and write the result file;
+- ``show(result) -> str``: text ``astroinfer show`` prints after the generic summary;
+- ``plots``: extra ``astroinfer plot --kind`` names, each ``fn(result) -> Figure``;
+- ``batch``: the pipeline runs many independent problems and accepts the execution
+  settings (``scheduler``, ``resume``).
+
 This module imports no JAX/NumPyro at import time: the CLI lists and resolves pipelines,
 and reports bad names, before anything heavy is loaded.
 """
@@ -30,9 +44,9 @@ if TYPE_CHECKING:
     from astroinfer.result import Result
 
 __all__ = [
-    "Pipeline", "PipelineData", "PipelineError", "InputError", "UnknownPipelineError",
+    "Pipeline", "PipelineData", "PipelineOption", "parse_option_args", "EXECUTION_DEFAULTS", "PipelineError", "InputError", "UnknownPipelineError",
     "OutputError", "PipelineLoadError", "get_pipeline", "list_pipelines", "pipeline_names", "run_pipeline",
-    "prepare", "PreparedRun", "check_run_settings", "check_output_path", "user_cache_dir",
+    "prepare", "PreparedRun", "check_run_settings", "check_pipeline_options", "check_execution", "check_output_path", "user_cache_dir",
     "ENTRY_POINT_GROUP", "BUILTIN",
 ]
 
@@ -85,6 +99,65 @@ def user_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class PipelineOption:
+    """One of a pipeline's own settings.
+
+    In Python it is the keyword ``name`` (of ``load_options`` for a run, of ``simulate`` for
+    a simulation); on the command line it is ``--name`` with dashes for underscores
+    (``--parallax-min 0.2``). ``parse`` turns the command-line text into the value and raises
+    ``ValueError`` saying what was expected; a ``flag`` takes no value and means ``True``.
+    ``default`` is for help and documentation: the function's own default applies when the
+    option is not given.
+    """
+
+    name: str
+    help: str
+    default: Any = None
+    parse: Callable[[str], Any] = str
+    flag: bool = False
+
+    @property
+    def cli_flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def parse_option_args(pipeline_name: str, options: tuple[PipelineOption, ...], args: list[str]) -> dict[str, Any]:
+    """Command-line words (``--name value``, ``--name=value``, ``--flag``) -> option values.
+
+    Raises :class:`PipelineError` naming the option and what was expected.
+    """
+    by_flag = {option.cli_flag: option for option in options}
+    known = ", ".join(sorted(by_flag)) or "none"
+    values: dict[str, Any] = {}
+    words = list(args)
+    while words:
+        word = words.pop(0)
+        flag, has_value, text = word.partition("=")
+        if flag not in by_flag:
+            what = "unexpected argument" if not word.startswith("-") else "no such option"
+            raise PipelineError(f"{what} '{word}' for pipeline '{pipeline_name}'; its own options are {known}")
+        option = by_flag[flag]
+        if option.flag:
+            if has_value:
+                raise PipelineError(f"option {flag} takes no value")
+            values[option.name] = True
+            continue
+        if not has_value:
+            if not words:
+                raise PipelineError(f"option {flag} requires a value ({option.help})")
+            text = words.pop(0)
+        try:
+            values[option.name] = option.parse(text)
+        except ValueError as err:
+            raise PipelineError(f"option {flag}: {err}") from None
+    return values
+
+
+#: Execution settings of batch pipelines and their defaults.
+EXECUTION_DEFAULTS: dict[str, Any] = {"scheduler": None, "resume": False}
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """One domain pipeline; see the module docstring for the meaning of each part.
 
@@ -102,6 +175,12 @@ class Pipeline:
     demo_file: str | None = None
     demo_seed: int = 0
     module_file: str | None = None
+    options: tuple[PipelineOption, ...] = ()
+    simulate_options: tuple[PipelineOption, ...] = ()
+    sample: Callable[["PreparedRun", bool], "Result"] | None = None
+    show: Callable[["Result"], str] | None = None
+    plots: Mapping[str, Callable[["Result"], Any]] = field(default_factory=dict)
+    batch: bool = False
 
     def demo_search_path(self) -> list[Path]:
         """Folders searched for the demo input, in order."""
@@ -229,22 +308,29 @@ class PreparedRun:
     num_samples: int
     options: dict[str, Any]
     load_options: dict[str, Any]
+    execution: dict[str, Any] = field(default_factory=lambda: dict(EXECUTION_DEFAULTS))
 
     def sample(self, progress: bool = False) -> "Result":
-        """Sample, record the input's metadata in the provenance, save to ``out`` if given."""
+        """Sample (the pipeline's own ``sample`` hook if it has one), then :meth:`finish`."""
+        if self.pipeline.sample is not None:
+            return self.pipeline.sample(self, progress)
+        return self.finish(self.sample_model(progress=progress))
+
+    def sample_model(self, progress: bool = False, **overrides: Any) -> "Result":
+        """One ``engine.sample`` of the pipeline's model on the loaded data with this run's
+        method, seed and options; ``overrides`` replace any of them (``data``, ``model``,
+        ``method``, ``seed``, ``num_samples`` or method options)."""
         from astroinfer.engine import sample
 
-        result = sample(
-            self.pipeline.model,
-            self.loaded.data,
-            method=self.method,
-            seed=self.seed,
-            num_samples=self.num_samples,
-            progress=progress,
-            pipeline=self.pipeline.name,
-            input_path=str(self.input_path),
-            **self.options,
-        )
+        settings: dict[str, Any] = {
+            "model": self.pipeline.model, "data": self.loaded.data, "method": self.method,
+            "seed": self.seed, "num_samples": self.num_samples, **self.options,
+        }
+        settings.update(overrides)
+        return sample(progress=progress, pipeline=self.pipeline.name, input_path=str(self.input_path), **settings)
+
+    def finish(self, result: "Result") -> "Result":
+        """Record the input's metadata and options in the provenance; save to ``out`` if given."""
         result.provenance["input_metadata"] = dict(self.loaded.metadata)
         if self.load_options:
             result.provenance["load_options"] = dict(self.load_options)
@@ -262,16 +348,47 @@ def prepare(
     *,
     num_samples: int = 1000,
     load_options: Mapping[str, Any] | None = None,
+    execution: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> PreparedRun:
     """Check everything a run needs, cheapest first, and load the input; sample nothing."""
     pipeline = get_pipeline(name)
     check_run_settings(method, seed, num_samples, options)
+    load_options = dict(load_options or {})
+    check_pipeline_options(pipeline, load_options)
+    execution = check_execution(pipeline, execution)
     input_path = Path(input) if input is not None else pipeline.demo_input()
     out_path = check_output_path(out, input_path) if out is not None else None
-    loaded = pipeline.load(input_path, **dict(load_options or {}))
+    loaded = pipeline.load(input_path, **load_options)
     return PreparedRun(pipeline, input_path, loaded, out_path, method, seed, num_samples,
-                       dict(options), dict(load_options or {}))
+                       dict(options), load_options, execution)
+
+
+def check_pipeline_options(pipeline: Pipeline, load_options: Mapping[str, Any],
+                           which: str = "options") -> None:
+    """Refuse keys that are not among the pipeline's ``options`` (or ``simulate_options``)."""
+    known = {option.name for option in getattr(pipeline, which)}
+    unknown = sorted(set(load_options) - known)
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise PipelineError(f"unknown option(s) {', '.join(unknown)} for pipeline '{pipeline.name}'; "
+                            f"its options are {listed}")
+
+
+def check_execution(pipeline: Pipeline, execution: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Execution settings merged with their defaults; only batch pipelines take non-defaults."""
+    given = dict(execution or {})
+    unknown = sorted(set(given) - set(EXECUTION_DEFAULTS))
+    if unknown:
+        raise PipelineError(f"unknown execution setting(s) {', '.join(unknown)}; expected "
+                            f"{', '.join(EXECUTION_DEFAULTS)}")
+    merged = {**EXECUTION_DEFAULTS, **given}
+    if not pipeline.batch:
+        changed = [k for k, v in merged.items() if v != EXECUTION_DEFAULTS[k]]
+        if changed:
+            raise PipelineError(f"--{changed[0]} applies only to batch pipelines (many independent "
+                                f"problems); '{pipeline.name}' runs one inference")
+    return merged
 
 
 def run_pipeline(
@@ -284,6 +401,7 @@ def run_pipeline(
     num_samples: int = 1000,
     progress: bool = False,
     load_options: Mapping[str, Any] | None = None,
+    execution: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> "Result":
     """Load ``input`` with pipeline ``name`` (its demo input if None), sample, save to ``out``.
@@ -292,5 +410,6 @@ def run_pipeline(
     before any sampling; ``out`` (if given) is written atomically, so a failing run never
     leaves a partial file and never destroys an existing one. Returns the ``Result``.
     """
-    run = prepare(name, input, out, method, seed, num_samples=num_samples, load_options=load_options, **options)
+    run = prepare(name, input, out, method, seed, num_samples=num_samples, load_options=load_options,
+                  execution=execution, **options)
     return run.sample(progress=progress)

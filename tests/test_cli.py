@@ -221,6 +221,9 @@ BAD_RUNS = [
     (["run", "line-fit", "--config", "{d}/junk.csv"], ["junk.csv: not a text file"]),
     (["run", "line-fit", "-o", "{d}/no/such/folder/out.h5"], ["does not exist"]),
     (["run", "line-fit", "--bogus"], ["--bogus"]),
+    (["run", "line-fit", "--scheduler", "local"], ["--scheduler applies only to batch pipelines"]),
+    (["run", "line-fit", "--resume"], ["--resume applies only to batch pipelines"]),
+    (["simulate", "line-fit", "-o", "{d}/sim.csv", "--noise", "2"], ["--noise", "line-fit"]),
     (["show", "{d}/notes.txt"], ["notes.txt: not an astroinfer result file"]),
     (["show", "{d}/missing.h5"], ["missing.h5: no such file"]),
     (["show", "{d}/junk.csv"], ["junk.csv: not an astroinfer result file"]),
@@ -312,3 +315,31 @@ def test_flow_plot_needs_a_flowmc_result(nuts_run, run_cli):
     code, out, err = run_cli("plot", path, "--kind", "flow", "-o", figure)
     assert code == 2 and "needs a flowmc result" in err and len(err.strip().splitlines()) == 1
     assert not figure.exists()
+
+
+def test_pipelines_name_describes_one_pipeline(run_cli):
+    code, out, _ = run_cli("pipelines", "line-fit")
+    assert code == 0
+    assert out.startswith("line-fit: ") and "plot kinds: corner, trace, flow" in out
+
+
+def test_pipeline_options_parse_from_command_words():
+    from astroinfer.pipeline import PipelineError, PipelineOption, parse_option_args
+
+    def positive(text):
+        value = float(text)
+        if not value > 0:
+            raise ValueError(f"expected a positive number, got {text}")
+        return value
+
+    options = (PipelineOption("parallax_min", "lower cut (mas)", parse=positive),
+               PipelineOption("keep_duplicates", "keep repeated source_id", flag=True))
+    words = ["--parallax-min", "0.2", "--keep-duplicates"]
+    assert parse_option_args("p", options, words) == {"parallax_min": 0.2, "keep_duplicates": True}
+    assert parse_option_args("p", options, ["--parallax-min=3"]) == {"parallax_min": 3.0}
+    for bad, fragment in ((["--parallax-min", "-1"], "--parallax-min: expected a positive number"),
+                          (["--parallax-min"], "requires a value"),
+                          (["--keep-duplicates=yes"], "takes no value"),
+                          (["--nope"], "its own options are --keep-duplicates, --parallax-min")):
+        with pytest.raises(PipelineError, match=fragment):
+            parse_option_args("p", options, bad)
