@@ -244,10 +244,12 @@ def _print_summary(summary: Any) -> None:
 @click.option("--scheduler", default=None, metavar="local|ADDRESS",
               help="Batch pipelines: run chunks on a Dask LocalCluster (local) or an existing cluster.")
 @click.option("--resume", is_flag=True, help="Batch pipelines: finish an interrupted run into the same OUT.h5.")
+@click.option("--retrain", is_flag=True,
+              help="flowmc: train a new flow even if OUT.h5 holds one for this model and data.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; warnings still show.")
 @click.pass_context
 def run_command(ctx, pipeline, input, out, method, seed, config_path, chains, samples, warmup,
-                scheduler, resume, quiet) -> None:
+                scheduler, resume, retrain, quiet) -> None:
     """Run PIPELINE on INPUT (the pipeline's demo input if omitted) and save the result.
 
     The pipeline's own options (`astroinfer pipelines PIPELINE` lists them) go after the
@@ -297,11 +299,15 @@ def run_command(ctx, pipeline, input, out, method, seed, config_path, chains, sa
     check_run_settings(method, seed, num_samples, options)
     out = out or f"{pipeline}.h5"
     execution = {"scheduler": scheduler, "resume": resume}
+    if retrain and method != "flowmc":
+        _fail(f"--retrain applies to method 'flowmc' only (the method is '{method}')")
 
-    _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet)
+    _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet,
+         reuse_flow=not retrain)
 
 
-def _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet) -> None:
+def _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet,
+         reuse_flow=True) -> None:
     import warnings
 
     from astroinfer.engine import ConvergenceWarning
@@ -313,6 +319,8 @@ def _run(pipeline, input, out, method, seed, num_samples, options, load_options,
     if not quiet:
         source = "" if input is not None else " (demo input)"
         _echo_err(f"{pipeline} on {prepared.input_path}{source} with {method}, seed {seed} -> {out}")
+    if reuse_flow and prepared.reuse_stored_flow() and not quiet:
+        _echo_err(f"reusing the flow stored in {out} (same model and data; --retrain trains a new one)")
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # printed below, one line each

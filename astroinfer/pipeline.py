@@ -55,6 +55,8 @@ ENTRY_POINT_GROUP = "astroinfer.pipelines"
 #: point at the same objects.
 BUILTIN: dict[str, str] = {
     "line-fit": "astroinfer.pipelines.line_fit:PIPELINE",
+    "spectral-lines": "astroinfer.pipelines.spectral_lines:PIPELINE",
+    "gaia-cluster": "astroinfer.pipelines.gaia_cluster:PIPELINE",
 }
 
 
@@ -328,6 +330,21 @@ class PreparedRun:
         }
         settings.update(overrides)
         return sample(progress=progress, pipeline=self.pipeline.name, input_path=str(self.input_path), **settings)
+
+    def reuse_stored_flow(self) -> bool:
+        """For ``method="flowmc"``: when ``out`` already holds a flow trained on this model
+        and data (same fingerprint) and no ``reuse_flow`` was given, reuse it, so a rerun
+        skips training. Returns whether it will be reused."""
+        if self.method != "flowmc" or self.out is None or self.options.get("reuse_flow") is not None:
+            return False
+        from astroinfer.engine import validate_options
+        from astroinfer.engine.flowmc import stored_flow_matches
+
+        resolved = validate_options("flowmc", self.options)
+        if not stored_flow_matches(self.out, self.pipeline.model, self.loaded.data, resolved):
+            return False
+        self.options["reuse_flow"] = str(self.out)
+        return True
 
     def finish(self, result: "Result") -> "Result":
         """Record the input's metadata and options in the provenance; save to ``out`` if given."""

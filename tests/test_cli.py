@@ -223,6 +223,7 @@ BAD_RUNS = [
     (["run", "line-fit", "--bogus"], ["--bogus"]),
     (["run", "line-fit", "--scheduler", "local"], ["--scheduler applies only to batch pipelines"]),
     (["run", "line-fit", "--resume"], ["--resume applies only to batch pipelines"]),
+    (["run", "line-fit", "--retrain"], ["--retrain applies to method 'flowmc' only"]),
     (["simulate", "line-fit", "-o", "{d}/sim.csv", "--noise", "2"], ["--noise", "line-fit"]),
     (["show", "{d}/notes.txt"], ["notes.txt: not an astroinfer result file"]),
     (["show", "{d}/missing.h5"], ["missing.h5: no such file"]),
@@ -343,3 +344,31 @@ def test_pipeline_options_parse_from_command_words():
                           (["--nope"], "its own options are --keep-duplicates, --parallax-min")):
         with pytest.raises(PipelineError, match=fragment):
             parse_option_args("p", options, bad)
+
+
+def test_flowmc_rerun_into_the_same_file_reuses_its_flow(tmp_path, run_cli):
+    from astroinfer import load
+
+    out = tmp_path / "flow.h5"
+    args = ("run", "line-fit", "--method", "flowmc", "--samples", "200", "--chains", "8", "-o", out)
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    first = load(out)
+    assert first.diagnostics["num_training_loops"] >= 1 and not first.diagnostics["flow_reused"]
+    code, _, err = run_cli(*args, "--seed", "1")
+    assert code == 0, err
+    assert f"reusing the flow stored in {out}" in err
+    again = load(out)
+    assert again.diagnostics["flow_reused"] and again.diagnostics["num_training_loops"] == 0
+    assert again.provenance["options"]["reuse_flow"] == str(out)
+    code, _, err = run_cli(*args, "--retrain")
+    assert code == 0, err
+    assert "reusing" not in err and load(out).diagnostics["num_training_loops"] >= 1
+    # Other data: the stored flow does not fit, so a new one is trained without a word.
+    other = tmp_path / "other.csv"
+    from astroinfer.pipelines.line_fit import simulate
+
+    simulate(other, seed=5)
+    code, _, err = run_cli("run", "line-fit", other, *args[2:])
+    assert code == 0, err
+    assert "reusing" not in err and load(out).diagnostics["num_training_loops"] >= 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import blackjax
@@ -37,7 +38,7 @@ import xarray as xr
 from flowjax.bijections import RationalQuadraticSpline
 from flowjax.distributions import Normal
 from flowjax.flows import coupling_flow, masked_autoregressive_flow
-from flowjax.train import fit_to_data
+import paramax
 from flowjax.train.losses import MaximumLikelihoodLoss
 from jax.flatten_util import ravel_pytree
 
@@ -45,7 +46,7 @@ from astroinfer.engine.errors import OptionError
 from astroinfer.engine.model import ModelBridge
 from astroinfer.engine.run import MethodRun
 
-__all__ = ["DEFAULTS", "CHOICES", "run", "fingerprint"]
+__all__ = ["DEFAULTS", "CHOICES", "run", "fingerprint", "stored_flow_matches"]
 
 DEFAULTS: dict[str, Any] = {
     "num_chains": 20,
@@ -72,9 +73,8 @@ _ADAPT_RATE = 0.05
 # (RMS over coordinates): far beyond what the local kernel does in one iteration.
 _SWITCH_DISTANCE = 3.0
 STATE_GROUP = "flowmc_state"
-# One loss object for every training call: flowjax's compiled step is keyed on it, so a new
-# instance per loop would recompile the training step each time.
 _LOSS = MaximumLikelihoodLoss()
+_VALIDATION_FRACTION = 0.1
 
 
 def _local_kernel(name: str, num_leapfrog: int):
@@ -112,6 +112,64 @@ def _new_flow(key, ndim: int, opts: dict[str, Any]):
 
 def _flow_log_prob(flow, z, center, flow_scale):
     return flow.log_prob((z - center) / flow_scale) - jnp.sum(jnp.log(flow_scale))
+
+
+def _trainable(flow):
+    """(parameters, static part) of a flow, as flowjax's own training splits it."""
+    return eqx.partition(flow, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
+
+
+def _make_trainer(optimizer, num_points: int, batch_size: int, max_epochs: int, patience: int):
+    """One compiled function that fits a flow by maximum likelihood with early stopping.
+
+    flowjax's ``fit_to_data`` runs epochs from Python and recompiles a small function per
+    epoch (its early-stopping check sees a longer loss list each time): about 120 backend
+    compilations per flow-MC run. Here the whole fit is one ``lax.while_loop`` over epochs of
+    shuffled mini-batches, stopping once the held-out loss has not improved for ``patience``
+    epochs and returning the parameters of the best held-out loss; it compiles once per run.
+    Returns ``train(key, flow, opt_state, points) -> (flow, opt_state, train_loss, val_loss)``
+    where the losses have ``max_epochs`` entries, NaN after the stop.
+    """
+    num_val = max(1, int(round(_VALIDATION_FRACTION * num_points)))
+    num_train = num_points - num_val
+    batch_size = max(1, min(batch_size, num_train))
+    num_batches = num_train // batch_size
+
+    def train(key, flow, opt_state, points):
+        params, static = _trainable(flow)
+        loss = lambda p, x: _LOSS(p, static, x)  # noqa: E731
+        key, k_split = jax.random.split(key)
+        order = jax.random.permutation(k_split, num_points)
+        x_val, x_train = points[order[:num_val]], points[order[num_val:]]
+        nan_curve = jnp.full((max_epochs,), jnp.nan)
+
+        def batch_step(carry, batch):
+            p, state = carry
+            value, grads = jax.value_and_grad(loss)(p, x_train[batch])
+            updates, state = optimizer.update(grads, state, p)
+            return (eqx.apply_updates(p, updates), state), value
+
+        def epoch(carry):
+            i, key, p, state, best, best_val, since_best, train_curve, val_curve = carry
+            key, k_epoch = jax.random.split(key)
+            batches = jax.random.permutation(k_epoch, num_train)[: num_batches * batch_size]
+            (p, state), values = jax.lax.scan(batch_step, (p, state), batches.reshape(num_batches, batch_size))
+            val = loss(p, x_val)
+            improved = val < best_val
+            best = jax.tree.map(lambda new, old: jnp.where(improved, new, old), p, best)
+            return (i + 1, key, p, state, best,
+                    jnp.where(improved, val, best_val), jnp.where(improved, 0, since_best + 1),
+                    train_curve.at[i].set(values.mean()), val_curve.at[i].set(val))
+
+        def keep_going(carry):
+            i, since_best = carry[0], carry[6]
+            return (i < max_epochs) & (since_best <= patience)
+
+        start = (0, key, params, opt_state, params, loss(params, x_val), 0, nan_curve, nan_curve)
+        _, _, _, opt_state, best, _, _, train_curve, val_curve = jax.lax.while_loop(keep_going, epoch, start)
+        return eqx.combine(best, static), opt_state, train_curve, val_curve
+
+    return eqx.filter_jit(train)
 
 
 def _make_sweep(log_density: Callable, init, step, target_accept: float, n_iter: int, n_local: int):
@@ -185,6 +243,23 @@ def fingerprint(model: Callable, data: dict[str, Any], ndim: int, opts: dict[str
     return digest.hexdigest()
 
 
+def stored_flow_matches(path: str | Path, model: Callable, data: dict[str, Any], options: dict[str, Any]) -> bool:
+    """Whether ``path`` is a flow-MC result file whose stored flow fits this model, data and
+    (resolved) flow options, so that ``reuse_flow=path`` would be accepted."""
+    from astroinfer import store
+
+    if not Path(path).is_file() or not store.is_result_file(path):
+        return False
+    try:
+        stored = store.load(path)
+    except (OSError, ValueError):
+        return False
+    if stored.method != "flowmc" or STATE_GROUP not in stored.idata.groups():
+        return False
+    expected = fingerprint(model, data, ModelBridge(model, data).ndim, options)
+    return stored.diagnostics.get("flow_fingerprint") == expected
+
+
 def _load_state(path: str, expected: str, template) -> dict[str, Any]:
     from astroinfer import store
 
@@ -228,14 +303,19 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
     center, flow_scale = jnp.zeros(ndim), jnp.ones(ndim)
     trained = False
     num_warmup_loops = opts["num_warmup_loops"]
+    # Arrays, not Python floats: filter_jit treats Python scalars as static, so 1.0 and 0.0
+    # would compile the sweep twice.
+    adapt_on, adapt_off = jnp.asarray(1.0), jnp.asarray(0.0)
     if opts["reuse_flow"] is not None:
         state = _load_state(str(opts["reuse_flow"]), flow_fingerprint, flow)
         flow, center, flow_scale, scale = state["flow"], state["center"], state["flow_scale"], state["scale"]
         trained = True
         num_warmup_loops = 1  # burn-in and step-size adaptation only; no training
 
-    # One optimizer object for the run: flowjax's compiled training step is keyed on it.
     optimizer = optax.adam(opts["learning_rate"])
+    opt_state = optimizer.init(_trainable(flow)[0])
+    num_points = min(n_chains * n_iter, opts["max_training_points"])
+    train = _make_trainer(optimizer, num_points, opts["batch_size"], opts["max_epochs"], opts["patience"])
     loss_curves: list[dict[str, list[float]]] = []
     warmup_global_acceptance: list[float] = []
     warmup_local_acceptance: list[float] = []
@@ -243,7 +323,7 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
     for loop in range(num_warmup_loops):
         k_warm, k_sweep, k_train = jax.random.split(k_warm, 3)
         z, log_step, (trace, _, local_acc, accepted, _) = sweep(
-            k_sweep, z, log_step, scale, 1.0, jnp.array(trained), flow, center, flow_scale
+            k_sweep, z, log_step, scale, adapt_on, jnp.array(trained), flow, center, flow_scale
         )
         warmup_local_acceptance.append(float(local_acc.mean()))
         if trained:
@@ -265,29 +345,21 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
             break  # the last loop only adapts; production starts with the trained flow
         points = trace.reshape(-1, ndim)
         stride = max(1, points.shape[0] // opts["max_training_points"])
-        points = points[::stride][: opts["max_training_points"]]
+        points = points[::stride][:num_points]
         if not trained:
             center = jnp.mean(points, axis=0)
             flow_scale = jnp.std(points, axis=0) + 1e-6
-        flow, losses = fit_to_data(
-            jax.random.wrap_key_data(k_train),
-            flow,
-            (points - center) / flow_scale,
-            optimizer=optimizer,
-            loss_fn=_LOSS,
-            max_epochs=opts["max_epochs"],
-            max_patience=opts["patience"],
-            batch_size=min(opts["batch_size"], points.shape[0] // 2),
-            show_progress=False,
-        )
-        loss_curves.append({"train": losses["train"], "val": losses["val"]})
+        flow, opt_state, train_curve, val_curve = train(k_train, flow, opt_state, (points - center) / flow_scale)
+        train_curve, val_curve = np.asarray(train_curve), np.asarray(val_curve)
+        epochs = int(np.sum(np.isfinite(val_curve)))
+        loss_curves.append({"train": train_curve[:epochs].tolist(), "val": val_curve[:epochs].tolist()})
         trained = True
 
     # Production: frozen adaptation, whole sweeps until num_samples draws per chain.
     pieces = []
     for index in range(-(-num_samples // n_iter)):
         k_prod, k_sweep = jax.random.split(k_prod)
-        z, _, piece = sweep(k_sweep, z, log_step, scale, 0.0, jnp.array(trained), flow, center, flow_scale)
+        z, _, piece = sweep(k_sweep, z, log_step, scale, adapt_off, jnp.array(trained), flow, center, flow_scale)
         pieces.append(piece)
         if progress:
             print(f"\rflowmc sampling: {min((index + 1) * n_iter, num_samples)}/{num_samples} draws per chain   ",
