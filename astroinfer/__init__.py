@@ -18,6 +18,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 
 _LAZY = {
     "sample": "astroinfer.engine",
+    "sample_batch": "astroinfer.engine.batch",
     "method_defaults": "astroinfer.engine",
     "ConvergenceWarning": "astroinfer.engine",
     "ModelError": "astroinfer.engine",

@@ -234,7 +234,7 @@ def _print_summary(summary: Any) -> None:
 @click.argument("input", required=False)
 @click.option("-o", "--out", "out", metavar="OUT.h5", help="Result file [default: PIPELINE.h5 here].")
 @click.option("--method", type=click.Choice(METHOD_NAMES), default=None,
-              help="Inference method [default: nuts, or the config's method].")
+              help="Inference method [default: the config's method, else the pipeline's (nuts for most)].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed [default: 0].")
 @click.option("--config", "config_path", metavar="OPTIONS.toml", help="TOML file of settings and method options.")
 @click.option("--chains", type=click.IntRange(min=1), default=None, help="Chains (num_chains; nuts, flowmc).")
@@ -281,7 +281,9 @@ def run_command(ctx, pipeline, input, out, method, seed, config_path, chains, sa
         except ValueError as err:
             _fail(f"{config_path}: [pipeline] {_one_line(err)}")
         load_options = {**config["pipeline"], **load_options}
-    method = method or config.get("method", "nuts")
+    from astroinfer.pipeline import check_pipeline_method
+
+    method = check_pipeline_method(pipe, method or config.get("method"))
 
     from astroinfer.engine import method_defaults
     from astroinfer.pipeline import check_run_settings

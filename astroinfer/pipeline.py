@@ -25,7 +25,9 @@ Optional hooks, for pipelines that need more than one ``engine.sample`` call:
 - ``show(result) -> str``: text ``astroinfer show`` prints after the generic summary;
 - ``plots``: extra ``astroinfer plot --kind`` names, each ``fn(result) -> Figure``;
 - ``batch``: the pipeline runs many independent problems and accepts the execution
-  settings (``scheduler``, ``resume``).
+  settings (``scheduler``, ``resume``);
+- ``methods`` / ``default_method``: the engine methods the pipeline accepts, and the one a
+  run without a method uses.
 
 This module imports no JAX/NumPyro at import time: the CLI lists and resolves pipelines,
 and reports bad names, before anything heavy is loaded.
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Pipeline", "PipelineData", "PipelineOption", "parse_option_args", "EXECUTION_DEFAULTS", "PipelineError", "InputError", "UnknownPipelineError",
     "OutputError", "PipelineLoadError", "get_pipeline", "list_pipelines", "pipeline_names", "run_pipeline",
-    "prepare", "PreparedRun", "check_run_settings", "check_pipeline_options", "check_execution", "check_output_path", "user_cache_dir",
+    "prepare", "PreparedRun", "check_run_settings", "check_pipeline_options", "check_pipeline_method", "check_execution", "check_output_path", "user_cache_dir",
     "ENTRY_POINT_GROUP", "BUILTIN",
 ]
 
@@ -55,6 +57,7 @@ ENTRY_POINT_GROUP = "astroinfer.pipelines"
 #: point at the same objects.
 BUILTIN: dict[str, str] = {
     "line-fit": "astroinfer.pipelines.line_fit:PIPELINE",
+    "ionosphere": "astroinfer.pipelines.ionosphere:PIPELINE",
     "spectral-lines": "astroinfer.pipelines.spectral_lines:PIPELINE",
     "gaia-cluster": "astroinfer.pipelines.gaia_cluster:PIPELINE",
 }
@@ -183,6 +186,8 @@ class Pipeline:
     show: Callable[["Result"], str] | None = None
     plots: Mapping[str, Callable[["Result"], Any]] = field(default_factory=dict)
     batch: bool = False
+    methods: tuple[str, ...] = ("nuts", "nested", "flowmc")
+    default_method: str = "nuts"
 
     def demo_search_path(self) -> list[Path]:
         """Folders searched for the demo input, in order."""
@@ -360,7 +365,7 @@ def prepare(
     name: str,
     input: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    method: str = "nuts",
+    method: str | None = None,
     seed: int = 0,
     *,
     num_samples: int = 1000,
@@ -368,8 +373,12 @@ def prepare(
     execution: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> PreparedRun:
-    """Check everything a run needs, cheapest first, and load the input; sample nothing."""
+    """Check everything a run needs, cheapest first, and load the input; sample nothing.
+
+    ``method`` None means the pipeline's ``default_method``.
+    """
     pipeline = get_pipeline(name)
+    method = check_pipeline_method(pipeline, method)
     check_run_settings(method, seed, num_samples, options)
     load_options = dict(load_options or {})
     check_pipeline_options(pipeline, load_options)
@@ -379,6 +388,15 @@ def prepare(
     loaded = pipeline.load(input_path, **load_options)
     return PreparedRun(pipeline, input_path, loaded, out_path, method, seed, num_samples,
                        dict(options), load_options, execution)
+
+
+def check_pipeline_method(pipeline: Pipeline, method: str | None) -> str:
+    """The method a run of ``pipeline`` uses: ``method``, or the pipeline's default."""
+    method = pipeline.default_method if method is None else method
+    if method not in pipeline.methods:
+        raise PipelineError(f"--method {method} is not available for pipeline '{pipeline.name}'; "
+                            f"it runs with {', '.join(pipeline.methods)}")
+    return method
 
 
 def check_pipeline_options(pipeline: Pipeline, load_options: Mapping[str, Any],
@@ -412,7 +430,7 @@ def run_pipeline(
     name: str,
     input: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    method: str = "nuts",
+    method: str | None = None,
     seed: int = 0,
     *,
     num_samples: int = 1000,
