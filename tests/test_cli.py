@@ -372,3 +372,24 @@ def test_flowmc_rerun_into_the_same_file_reuses_its_flow(tmp_path, run_cli):
     code, _, err = run_cli("run", "line-fit", other, *args[2:])
     assert code == 0, err
     assert "reusing" not in err and load(out).diagnostics["num_training_loops"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["line-fit", "gaia-cluster", "spectral-lines"])
+def test_every_single_problem_pipeline_runs_with_flowmc(name, tmp_path, run_cli):
+    """`--method flowmc` works for every pipeline that fits one model (on its demo input)."""
+    from astroinfer import load
+
+    out = tmp_path / f"{name}.h5"
+    code, _, err = run_cli("run", name, "--method", "flowmc", "--samples", "300", "-o", out, "-q")
+    assert code == 0, err
+    result = load(out)
+    assert result.method == "flowmc" and result.provenance["pipeline"] == name
+    assert result.diagnostics["global_acceptance"] > 0.05  # the flow was trained and used
+
+
+def test_batch_pipeline_refuses_flowmc(run_cli, tmp_path):
+    out = tmp_path / "ion.h5"
+    code, _, err = run_cli("run", "ionosphere", "--method", "flowmc", "-o", out)
+    assert_one_line_error(code, err, "--method flowmc is not available for pipeline 'ionosphere'")
+    assert not out.exists()
