@@ -42,6 +42,7 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData
+from astroinfer.tables import READ_FORMATS, extension, read_table
 
 if TYPE_CHECKING:
     from astroinfer.result import Result
@@ -53,66 +54,11 @@ COLUMNS = ("x", "y", "sigma_y")
 MIN_ROWS = 5
 PARAMETERS = ("m", "b", "Q", "Y_b", "V_b")
 
-_FORMATS = {
-    ".csv": "ascii.csv",
-    ".ecsv": "ascii.ecsv",
-    ".fits": "fits",
-    ".fit": "fits",
-    ".fts": "fits",
-    ".fits.gz": "fits",
-    ".vot": "votable",
-    ".xml": "votable",
-}
 _WRITE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits"}
-
-
-def _extension(path: Path) -> str:
-    name = path.name.lower()
-    for ext in sorted(_FORMATS, key=len, reverse=True):
-        if name.endswith(ext):
-            return ext
-    return path.suffix.lower()
-
-
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    text = str(err).strip().splitlines()
-    text = text[0] if text else type(err).__name__
-    if "Unable to guess table format" in text:
-        text = "no known table format matched its content"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_EXPECTED = "a table with columns x, y, sigma_y (CSV, ECSV, FITS or VOTable)"
 
 
 # -- load and validate ---------------------------------------------------------------
-def _read_table(path: Path):
-    from astropy.table import Table
-
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; expected a table file (CSV, ECSV, FITS or VOTable)")
-    try:
-        with open(path, "rb") as handle:
-            handle.read(1)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the file: {err.strerror or err}") from err
-    fmt = _FORMATS.get(_extension(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # astropy's unit and header chatter
-        try:
-            if fmt is not None:
-                return Table.read(path, format=fmt)
-            try:
-                return Table.read(path)  # astropy guesses FITS/VOTable/ECSV from content
-            except Exception:
-                return Table.read(path, format="ascii")
-        except Exception as err:
-            kind = f" as {fmt}" if fmt else ""
-            raise InputError(
-                f"{path}: cannot read it{kind} as a table with columns x, y, sigma_y "
-                f"(CSV, ECSV, FITS or VOTable expected): {_first_line(err)}"
-            ) from err
-
-
 def _find_column(table, path: Path, wanted: str, option: str) -> str:
     names = list(table.colnames)
     name = wanted if wanted in names else next((n for n in names if n.lower() == wanted.lower()), None)
@@ -157,7 +103,7 @@ def load(path: str | os.PathLike, *, x: str = "x", y: str = "y", sigma_y: str = 
     for option, value in (("x", x), ("y", y), ("sigma_y", sigma_y)):
         if not isinstance(value, str) or not value:
             raise InputError(f"{path}: load option {option} must be a column name, got {value!r}")
-    table = _read_table(path)
+    table = read_table(path, _EXPECTED)
     if len(table.colnames) == 0:
         raise InputError(f"{path}: not a table with columns x, y, sigma_y (no columns found)")
     names = {role: _find_column(table, path, wanted, role)
@@ -184,7 +130,7 @@ def load(path: str | os.PathLike, *, x: str = "x", y: str = "y", sigma_y: str = 
         raise InputError(f"{path}: column '{names['x']}' has a single distinct value; a line's slope needs at least two")
     metadata = {
         "path": str(path),
-        "format": _FORMATS.get(_extension(path), "guessed"),
+        "format": READ_FORMATS.get(extension(path), "guessed"),
         "num_rows": int(len(xs)),
         "columns": names,
         "units": units,
@@ -228,7 +174,7 @@ def model(x, y, sigma_y):
 def truth_path(path: str | os.PathLike) -> Path:
     """The truth sidecar of a simulated table: ``demo.csv`` -> ``demo.truth.json``."""
     path = Path(path)
-    ext = _extension(path)
+    ext = extension(path)
     stem = path.name[: -len(ext)] if ext and path.name.lower().endswith(ext) else path.stem
     return path.with_name(f"{stem}.truth.json")
 
@@ -246,7 +192,7 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_points: int = 50,
     from astropy.table import Table
 
     path = Path(path)
-    ext = _extension(path)
+    ext = extension(path)
     if ext not in _WRITE_FORMATS:
         raise OutputError(f"{path}: cannot write a table with extension '{ext or path.suffix}'; "
                           f"use one of {', '.join(_WRITE_FORMATS)}")
@@ -295,7 +241,7 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_points: int = 50,
     elif fmt == "fits":
         table.meta.update({"PIPELINE": NAME, "SEED": int(seed), "M_TRUE": params["m"], "B_TRUE": params["b"],
                            "Q_TRUE": params["Q"], "YB_TRUE": params["Y_b"], "VB_TRUE": params["V_b"]})
-    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), suffix=_extension(path) or ".tmp")
+    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), suffix=extension(path) or ".tmp")
     sidecar = truth_path(path)
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,81 @@
+"""Reading input tables for pipelines: one place for formats, checks and error lines.
+
+Every pipeline that takes a table (CSV, ECSV, FITS or VOTable through ``astropy.table``)
+reads it with :func:`read_table`, so a missing, unreadable or malformed file gets the same
+kind of one-line :class:`~astroinfer.pipeline.InputError` everywhere: the file, and what was
+expected of it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from astroinfer.pipeline import InputError
+
+__all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_table"]
+
+#: astropy format of each file-name ending the readers know (longest ending wins).
+READ_FORMATS = {
+    ".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits", ".fts": "fits",
+    ".fits.gz": "fits", ".fit.gz": "fits", ".vot": "votable", ".xml": "votable", ".vot.gz": "votable",
+}
+
+
+def extension(path: Path, known=READ_FORMATS) -> str:
+    """The file-name ending of ``path`` among ``known`` (``.fits.gz`` before ``.gz``), else its suffix."""
+    name = path.name.lower()
+    for ending in sorted(known, key=len, reverse=True):
+        if name.endswith(ending):
+            return ending
+    return path.suffix.lower()
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, shortened, for a one-line error."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    if "Unable to guess table format" in text:
+        text = "no known table format matched its content"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_readable(path: Path, expected: str) -> None:
+    """Refuse a missing file, a folder or an unreadable file; ``expected`` names what should be there."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected {expected}")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the file: {err.strerror or err}") from err
+
+
+def read_table(path: Path, expected: str):
+    """``astropy.table.Table`` from ``path``, its format from the file name or else guessed.
+
+    ``expected`` completes the error line "cannot read it as ...", e.g. "a table with
+    columns x, y, sigma_y (CSV, ECSV, FITS or VOTable)".
+    """
+    from astropy.table import Table
+
+    check_readable(path, expected)
+    fmt = READ_FORMATS.get(extension(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's unit and header chatter
+        try:
+            if fmt is not None:
+                table = Table.read(path, format=fmt)
+            else:
+                try:
+                    table = Table.read(path)  # astropy guesses FITS/VOTable/ECSV from content
+                except Exception:
+                    table = Table.read(path, format="ascii")
+        except Exception as err:
+            kind = f" as {fmt}" if fmt else ""
+            raise InputError(f"{path}: cannot read it{kind} as {expected}: {first_line(err)}") from err
+    if len(table.colnames) == 0:
+        raise InputError(f"{path}: not a table (no columns found); expected {expected}")
+    return table
