@@ -1,0 +1,136 @@
+"""gaia-cluster on M67: the marginalised pipeline model against the full-latent reference.
+
+Side by side in one run, on ``../shared/data/m67.fits.gz`` with the zero point off and
+0.2 < parallax < 3 mas (4300 stars), both NumPyro NUTS with init_to_median, 2 chains:
+
+1. minimum bulk ESS per second over the globals (cluster_distance, cluster_size,
+   member_fraction, field_scale), sampling phase only (after warmup; the compile of the
+   sampling loop is included), and the posterior means/sds of both with MCSEs;
+2. the CLI's end-to-end wall time (process start, load, compile, sample, per-star draws,
+   result file) with an empty JAX compilation cache and again with the warm cache, against
+   the reference's load-to-draws time.
+
+ESS/s is a rate, so the reference may run with fewer draws than the pipeline (the full
+reference at 1000 warmup + 2000 draws takes most of an hour on 2 cores)::
+
+    python benchmarks/gaia_cluster.py                       # defaults below
+    python benchmarks/gaia_cluster.py --ref-warmup 1000 --ref-samples 2000
+    python benchmarks/gaia_cluster.py --skip-cli            # only the ESS/s comparison
+
+The machine's cores are shared: quote ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+
+ROOT = Path(__file__).resolve().parents[1]
+M67 = ROOT.parent / "shared" / "data" / "m67.fits.gz"
+NAMES = ("cluster_distance", "cluster_size", "member_fraction", "field_scale")
+SELECTION = dict(zero_point="off", offset="off", parallax_min=0.2, parallax_max=3.0)
+
+
+def run_nuts(model, data, *, seed, warmup, samples, dense):
+    import jax
+    from numpyro.infer import MCMC, NUTS, init_to_median
+
+    mcmc = MCMC(NUTS(model, dense_mass=dense, init_strategy=init_to_median(num_samples=15)),
+                num_warmup=warmup, num_samples=samples, num_chains=2, chain_method="parallel", progress_bar=False)
+    key = jax.random.PRNGKey(seed)
+    start = time.perf_counter()
+    mcmc.warmup(key, extra_fields=("num_steps",), **data)
+    warm = time.perf_counter()
+    mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("num_steps",), **data)
+    jax.block_until_ready(mcmc.get_samples())
+    end = time.perf_counter()
+    steps = float(mcmc.get_extra_fields()["num_steps"].mean())
+    return mcmc.get_samples(group_by_chain=True), warm - start, end - warm, steps
+
+
+def summarise(name, draws, sampling_s, warmup_s, steps):
+    import arviz as az
+    import numpy as np
+
+    rows = {}
+    for var in NAMES:
+        x = np.asarray(draws[var])
+        rows[var] = dict(mean=float(x.mean()), sd=float(x.std()), ess=float(az.ess(x, method="bulk")),
+                         mcse=float(az.mcse(x, method="mean")), rhat=float(az.rhat(x)))
+    min_ess = min(r["ess"] for r in rows.values())
+    print(f"\n{name}: warmup {warmup_s:.1f} s, sampling {sampling_s:.1f} s, {steps:.1f} leapfrog steps per draw")
+    for var, r in rows.items():
+        print(f"  {var:17s} {r['mean']:10.4f} +- {r['sd']:8.4f}  mcse {r['mcse']:.4f}  ess {r['ess']:7.0f}  "
+              f"ess/s {r['ess'] / sampling_s:8.2f}  r_hat {r['rhat']:.3f}")
+    print(f"  min ESS/s over the globals: {min_ess / sampling_s:.3f}")
+    return rows, min_ess / sampling_s
+
+
+def cli_time(cache: str, out: Path) -> float:
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
+    env.pop("XLA_FLAGS", None)
+    command = [sys.executable, "-m", "astroinfer.cli", "run", "gaia-cluster", str(M67), "-q", "-o", str(out),
+               "--zero-point", "off", "--offset", "off", "--parallax-min", "0.2", "--parallax-max", "3"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warmup", type=int, default=1000, help="pipeline warmup per chain")
+    parser.add_argument("--samples", type=int, default=2000, help="pipeline draws per chain")
+    parser.add_argument("--ref-warmup", type=int, default=500, help="reference warmup per chain")
+    parser.add_argument("--ref-samples", type=int, default=500, help="reference draws per chain")
+    parser.add_argument("--skip-cli", action="store_true", help="skip the end-to-end CLI timings")
+    args = parser.parse_args()
+    if not M67.is_file():
+        sys.exit(f"{M67} is absent; this benchmark needs the real M67 catalog")
+
+    import numpy as np
+
+    from astroinfer.pipelines import gaia_cluster as gc
+
+    start = time.perf_counter()
+    data = gc.load(M67, **SELECTION).data
+    load_s = time.perf_counter() - start
+    print(f"M67: {data['parallax'].size} stars after 0.2 < parallax < 3 mas, zero point off, no offset "
+          f"(load {load_s:.1f} s)")
+    print(f"pipeline: {args.warmup} warmup + {args.samples} draws x 2 chains; reference: {args.ref_warmup} warmup + "
+          f"{args.ref_samples} draws x 2 chains")
+
+    d, w_s, s_s, steps = run_nuts(gc.model, data, seed=0, warmup=args.warmup, samples=args.samples, dense=True)
+    rows_m, rate_m = summarise("pipeline (distances integrated out, dense mass)", d, s_s, w_s, steps)
+    ref_start = time.perf_counter()
+    d_ref, w_r, s_r, steps_r = run_nuts(gc.reference_model, data, seed=1, warmup=args.ref_warmup,
+                                        samples=args.ref_samples, dense=False)
+    ref_total = time.perf_counter() - ref_start + load_s
+    rows_r, rate_r = summarise("reference (full latent, one distance per star)", d_ref, s_r, w_r, steps_r)
+    print(f"\nmin ESS/s ratio pipeline / reference: {rate_m / rate_r:.0f}")
+    print("\nagreement (difference in units of the combined MCSE; sd ratio):")
+    for var in NAMES:
+        a, b = rows_m[var], rows_r[var]
+        z = (a["mean"] - b["mean"]) / np.hypot(a["mcse"], b["mcse"])
+        print(f"  {var:17s} {z:+6.2f} MCSE   sd ratio {a['sd'] / b['sd']:.3f}")
+
+    if args.skip_cli:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = str(Path(tmp) / "jax-cache")
+        cold = cli_time(cache, Path(tmp) / "cold.h5")
+        warm = cli_time(cache, Path(tmp) / "warm.h5")
+    print("\nCLI end to end on M67 (1000 warmup + 1000 draws x 2 chains, per-star draws, result file):")
+    print(f"  cold compilation cache: {cold:.1f} s;  warm cache: {warm:.1f} s")
+    print(f"  reference, load to draws ({args.ref_warmup} warmup + {args.ref_samples} draws): {ref_total:.1f} s; "
+          f"at the CLI's 1000 + 1000 draws about {w_r * 1000 / args.ref_warmup + s_r * 1000 / args.ref_samples:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
