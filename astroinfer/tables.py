@@ -17,7 +17,8 @@ __all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_ta
 
 #: astropy format of each file-name ending the readers know (longest ending wins).
 READ_FORMATS = {
-    ".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits", ".fts": "fits",
+    ".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".txt": "ascii", ".dat": "ascii",
+    ".fits": "fits", ".fit": "fits", ".fts": "fits",
     ".fits.gz": "fits", ".fit.gz": "fits", ".vot": "votable", ".xml": "votable", ".vot.gz": "votable",
 }
 

@@ -1,0 +1,271 @@
+"""spectral-lines benchmarks, each side by side in one process (the machine is shared: quote ratios).
+
+1. The pipeline's fit of the JAX/NumPyro tutorial's 20 000-pixel two-Gaussian spectrum vs the
+   tutorial's reparameterised NumPyro model (two uniforms q1, q2 ordering the centres, dense
+   mass matrix), same warmup/draws/chains: bulk ESS per second (minimum over the line
+   parameters), ratio pipeline / tutorial (target >= 1).
+2. Lines + quasiseparable GP continuum fitted with the pipeline at N = 20 000 and 100 000
+   pixels: wall time (target: under 2 minutes for 100 000 pixels on 2 cores).
+3. GP likelihood value + gradient, quasiseparable (tinygp ``kernels.quasisep.Matern32``) vs
+   dense (``kernels.Matern32``, Cholesky) at N = 2 000.
+
+    python benchmarks/spectral_lines.py                  # all three
+    python benchmarks/spectral_lines.py --only gp-cost   # one: tutorial, gp-fit, gp-cost, model-cost
+    python benchmarks/spectral_lines.py --gp-sizes 20000 --samples 300 --warmup 300
+    python benchmarks/spectral_lines.py --only calibration --per-k 20   # --lines auto calibration
+
+The tutorial model is reconstructed from its description (x in [-5, 5], 20 000 points,
+amplitudes 2 and 1.5, centres -0.5 and 0.6, widths 0.6 and 0.9, noise 0.3, seed 0; centres
+ordered through q1, q2 ~ Uniform(0, 1); NUTS with a dense mass matrix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def tutorial_model(x, y=None):
+    """The tutorial's reparameterised two-Gaussian model: x0 < x1 from q1, q2 ~ U(0, 1)."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    lo, hi = -5.0, 5.0
+    q1 = numpyro.sample("q1", dist.Uniform(0.0, 1.0))
+    q2 = numpyro.sample("q2", dist.Uniform(0.0, 1.0))
+    # the smaller of two uniform positions, then the larger one above it: uniform on x0 < x1
+    x0 = numpyro.deterministic("x0", lo + (hi - lo) * (1.0 - jnp.sqrt(1.0 - q1)))
+    x1 = numpyro.deterministic("x1", x0 + (hi - x0) * q2)
+    a0 = numpyro.sample("a0", dist.Uniform(0.0, 5.0))
+    a1 = numpyro.sample("a1", dist.Uniform(0.0, 5.0))
+    w0 = numpyro.sample("w0", dist.Uniform(0.05, 2.5))
+    w1 = numpyro.sample("w1", dist.Uniform(0.05, 2.5))
+    sigma = numpyro.sample("sigma", dist.Exponential(1.0))
+    mu = a0 * jnp.exp(-0.5 * ((x - x0) / w0) ** 2) + a1 * jnp.exp(-0.5 * ((x - x1) / w1) ** 2)
+    numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def _ess_min(idata, names):
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ess = az.ess(idata, var_names=names, method="bulk")
+    return float(min(float(np.min(ess[n].values)) for n in names))
+
+
+def bench_tutorial(samples: int, warmup: int, chains: int, seed: int) -> None:
+    import arviz as az
+    import jax
+    from astropy.table import Table
+    from numpyro.infer import MCMC, NUTS
+
+    import astroinfer
+    from astroinfer.pipelines.spectral_lines import tutorial_spectrum
+
+    x, y, truth = tutorial_spectrum(seed=0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tutorial.csv"
+        Table({"x": x, "flux": y}).write(path)
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = astroinfer.run_pipeline("spectral-lines", path, method="nuts", seed=seed, num_samples=samples,
+                                          num_warmup=warmup, num_chains=chains,
+                                          load_options={"lines": 2, "continuum": "none", "columns": "x,flux"})
+        pipe_wall = time.perf_counter() - started
+    pipe_ess = _ess_min(res.idata, ["line_center", "line_fwhm", "line_amplitude"])
+    pipe_run = res.diagnostics["run_time_s"]
+
+    started = time.perf_counter()
+    mcmc = MCMC(NUTS(tutorial_model, dense_mass=True), num_warmup=warmup, num_samples=samples,
+                num_chains=chains, chain_method="sequential", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(seed), x=x, y=y)
+    samples_tut = mcmc.get_samples(group_by_chain=True)
+    tut_wall = time.perf_counter() - started
+    idata = az.from_dict(posterior={k: np.asarray(v) for k, v in samples_tut.items()})
+    tut_ess = _ess_min(idata, ["x0", "x1", "a0", "a1", "w0", "w1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = az.rhat(idata)
+    tut_rhat = float(max(float(np.max(rhat[v].values)) for v in rhat.data_vars))
+    print(f"tutorial spectrum, N = {x.size}, {chains} chains x {warmup} warmup + {samples} draws")
+    print(f"  pipeline : wall {pipe_wall:7.1f} s (sampling {pipe_run:.1f} s), min bulk ESS {pipe_ess:7.1f}, "
+          f"ESS/s {pipe_ess / pipe_wall:7.2f}, r_hat_max {res.diagnostics['r_hat_max']:.4f}")
+    print(f"  tutorial : wall {tut_wall:7.1f} s, min bulk ESS {tut_ess:7.1f}, ESS/s {tut_ess / tut_wall:7.2f}, "
+          f"r_hat_max {tut_rhat:.4f}")
+    print(f"  ESS/s ratio pipeline / tutorial (wall time incl. compile): "
+          f"{(pipe_ess / pipe_wall) / (tut_ess / tut_wall):.2f}")
+
+
+def bench_gp_fit(sizes: list[int], samples: int, warmup: int, chains: int, seed: int) -> None:
+    import astroinfer
+    from astroinfer.pipelines.spectral_lines import simulate
+
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "spec.ecsv"
+            simulate(path, seed=1, lines=2, num_pixels=n, snr=30.0)
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = astroinfer.run_pipeline("spectral-lines", path, method="nuts", seed=seed, num_samples=samples,
+                                              num_warmup=warmup, num_chains=chains,
+                                              load_options={"lines": 2, "continuum": "gp"})
+            wall = time.perf_counter() - started
+        d = res.diagnostics
+        r_hat = "n/a (one chain)" if d.get("r_hat_max") is None else f"{d['r_hat_max']:.3f}"
+        ess = "n/a" if d.get("ess_bulk_min") is None else f"{d['ess_bulk_min']:.0f}"
+        print(f"lines + GP continuum, N = {n:6d}: wall {wall:7.1f} s (compile {d['compile_time_s']:.1f} s, "
+              f"sampling {d['run_time_s']:.1f} s), {chains} chains x {warmup}+{samples}, "
+              f"{d['likelihood_evaluations']} gradient evaluations while sampling, r_hat_max {r_hat}, "
+              f"min bulk ESS {ess}")
+
+
+def bench_model_cost(sizes: list[int], repeats: int = 7) -> None:
+    """Value + gradient of the pipeline's lines + GP potential (what each NUTS step pays)."""
+    import jax
+    from numpyro.infer.initialization import init_to_value
+    from numpyro.infer.util import initialize_model
+
+    from astroinfer.pipelines import spectral_lines as sl
+
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "spec.ecsv"
+            sl.simulate(path, seed=1, lines=2, num_pixels=n, snr=30.0)
+            data = sl.load(path, lines=2, continuum="gp").data
+        info = initialize_model(jax.random.PRNGKey(0), sl.model, model_kwargs=data,
+                                init_strategy=init_to_value(values=sl.initial_values(data)))
+        f = jax.jit(jax.value_and_grad(info.potential_fn))
+        z = info.param_info.z
+        jax.block_until_ready(f(z))
+        per = []
+        for i in range(repeats):
+            started = time.perf_counter()
+            jax.block_until_ready(f(jax.tree.map(lambda v: v + 1e-3 * i, z)))
+            per.append(time.perf_counter() - started)
+        print(f"lines + GP potential value+gradient, N = {n}: {np.median(per) * 1e3:.1f} ms (median of {repeats})")
+
+
+def bench_gp_cost(n: int, repeats: int) -> None:
+    import jax
+    import jax.numpy as jnp
+    from tinygp import GaussianProcess, kernels
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(np.sort(rng.uniform(0, 10, n)), dtype=jnp.float32)
+    y = jnp.asarray(np.sin(np.asarray(x)) + 0.1 * rng.normal(size=n), dtype=jnp.float32)
+
+    def make(kind):
+        def loglike(p):
+            if kind == "quasisep":
+                kernel = kernels.quasisep.Matern32(scale=jnp.exp(p[0]), sigma=jnp.exp(p[1]))
+            else:
+                kernel = jnp.exp(2 * p[1]) * kernels.Matern32(scale=jnp.exp(p[0]))
+            return GaussianProcess(kernel, x, diag=0.01 + jnp.exp(p[2])).log_probability(y - p[3])
+        return jax.jit(jax.value_and_grad(loglike))
+
+    p = jnp.array([0.0, 0.0, -3.0, 0.1])
+    times = {}
+    values = {}
+    for kind in ("quasisep", "dense"):
+        f = make(kind)
+        values[kind] = float(f(p)[0])
+        per = []
+        for i in range(repeats):
+            started = time.perf_counter()
+            jax.block_until_ready(f(p + 1e-3 * i))
+            per.append(time.perf_counter() - started)
+        times[kind] = float(np.median(per))
+    print(f"GP likelihood value+gradient at N = {n}: quasiseparable {times['quasisep'] * 1e3:.2f} ms, dense "
+          f"{times['dense'] * 1e3:.2f} ms (medians of {repeats}); dense / quasiseparable = "
+          f"{times['dense'] / times['quasisep']:.1f}; log-likelihoods agree to "
+          f"{abs(values['dense'] - values['quasisep']):.2e}")
+
+
+def calibration(per_k: int, max_lines: int, num_pixels: int, seed: int, continuum: str = "poly") -> dict:
+    """Simulate ``per_k`` spectra for each K in 0..max_lines (line SNR drawn in [10, 30]), fit
+    each with --lines auto, and count how often the true K is chosen; for the spectra where
+    it is, count how often the 90% interval of each line's centre and flux holds the truth."""
+    import astroinfer
+    from astroinfer.pipelines.spectral_lines import simulate
+
+    picked = {k: [] for k in range(max_lines + 1)}
+    covered = {"center": [], "flux": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for k in range(max_lines + 1):
+            for i in range(per_k):
+                path = Path(folder) / f"k{k}_{i}.ecsv"
+                record = simulate(path, seed=seed + 1000 * k + i, lines=k, num_pixels=num_pixels,
+                                  continuum=continuum)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    res = astroinfer.run_pipeline(
+                        "spectral-lines", path, method="nested", seed=seed + i, num_samples=1000,
+                        load_options={"lines": "auto", "max_lines": max_lines, "continuum": continuum})
+                chosen = int(res.idata.model_comparison.attrs["chosen_num_lines"])
+                picked[k].append(chosen)
+                if chosen == k and k > 0:
+                    post = res.idata.posterior
+                    for name, key in (("line_center", "center"), ("line_flux", "flux")):
+                        draws = np.asarray(post[name]).reshape(-1, k)
+                        lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+                        truth = np.array([line[key] for line in record["truth"]["lines"]])
+                        covered[key].extend(((lo <= truth) & (truth <= hi)).tolist())
+                print(f"  K = {k}, spectrum {i}: chose {chosen}; log Z by K "
+                      f"{np.round(res.idata.model_comparison['log_evidence_by_k'].values, 2).tolist()} "
+                      f"({time.perf_counter() - started:.0f} s so far)", flush=True)
+    total = sum(len(v) for v in picked.values())
+    right = sum(sum(1 for c in v if c == k) for k, v in picked.items())
+    summary = {
+        "fraction_true_k": right / total,
+        "true_k_by_k": {k: sum(1 for c in v if c == k) / len(v) for k, v in picked.items()},
+        "coverage_center_90": float(np.mean(covered["center"])) if covered["center"] else float("nan"),
+        "coverage_flux_90": float(np.mean(covered["flux"])) if covered["flux"] else float("nan"),
+        "num_intervals": len(covered["center"]),
+    }
+    print(f"calibration: {per_k} spectra per K in 0..{max_lines}, {num_pixels} pixels, {continuum} continuum: "
+          f"true K chosen in {summary['fraction_true_k']:.0%} ({summary['true_k_by_k']}); 90% interval coverage "
+          f"centres {summary['coverage_center_90']:.0%}, fluxes {summary['coverage_flux_90']:.0%} "
+          f"over {summary['num_intervals']} lines; {time.perf_counter() - started:.0f} s")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("tutorial", "gp-fit", "gp-cost", "model-cost", "calibration"), action="append")
+    parser.add_argument("--per-k", type=int, default=20, help="calibration: spectra per number of lines")
+    parser.add_argument("--max-lines", type=int, default=3)
+    parser.add_argument("--pixels", type=int, default=150, help="calibration: pixels per spectrum")
+    parser.add_argument("--continuum", default="poly", choices=("poly", "gp"), help="calibration continuum")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--gp-samples", type=int, default=300)
+    parser.add_argument("--gp-warmup", type=int, default=300)
+    parser.add_argument("--gp-sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    which = args.only or ["gp-cost", "model-cost", "tutorial", "gp-fit"]
+    if "gp-cost" in which:
+        bench_gp_cost(2000, repeats=20)
+    if "model-cost" in which:
+        bench_model_cost(args.gp_sizes)
+    if "tutorial" in which:
+        bench_tutorial(args.samples, args.warmup, args.chains, args.seed)
+    if "gp-fit" in which:
+        bench_gp_fit(args.gp_sizes, args.gp_samples, args.gp_warmup, args.chains, args.seed)
+    if "calibration" in which:
+        calibration(args.per_k, args.max_lines, args.pixels, args.seed, args.continuum)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""spectral-lines: loading and validation, the tutorial fit, simulation and the demo, plots,
+and the choice of the number of lines by evidence.
+
+Inference tests assert against independent truth: the parameters the spectra were
+simulated with (the JAX/NumPyro tutorial's two Gaussians; simulated spectra with a GP
+continuum), closed-form line integrals, and a dense-matrix GP likelihood.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from astroinfer.pipeline import get_pipeline
+from astroinfer.pipelines import spectral_lines as sl
+
+from conftest import REPO, assert_one_line_error
+
+DEMO = REPO / "catalogs" / "spectral_lines_demo.ecsv"
+DEMO_TRUTH = REPO / "catalogs" / "spectral_lines_demo.truth.json"
+
+
+def _spectrum(n=200, seed=1):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(6500.0, 6600.0, n)
+    flux = 10.0 + 5.0 * np.exp(-0.5 * ((x - 6550.0) / 3.0) ** 2) + 0.3 * rng.normal(size=n)
+    return x, flux, np.full(n, 0.3)
+
+
+def _write_table(path, **columns):
+    Table(columns).write(path, overwrite=True)
+    return path
+
+
+def _write_image(path, flux, header=None, extra=()):
+    primary = fits.PrimaryHDU(np.asarray(flux))
+    for key, value in (header or {}).items():
+        primary.header[key] = value
+    fits.HDUList([primary, *extra]).writeto(path, overwrite=True)
+    return path
+
+
+WCS_HEADER = {"CTYPE1": "WAVE", "CRVAL1": 6500.0, "CDELT1": 0.5, "CRPIX1": 1.0, "CUNIT1": "Angstrom",
+              "BUNIT": "erg / (s cm2 Angstrom)"}
+
+
+# -- loading ----------------------------------------------------------------------------
+def test_load_table_finds_columns_by_name_and_standardises(tmp_path):
+    x, flux, err = _spectrum()
+    path = _write_table(tmp_path / "s.csv", Wave=x, FLUX=flux, flux_err=err)
+    data = sl.load(path, lines=1)
+    meta = data.metadata
+    assert meta["source"]["columns"] == {"x": "Wave", "flux": "FLUX", "error": "flux_err", "mask": None}
+    std = meta["standardisation"]
+    np.testing.assert_allclose(std["x_mid"] + std["x_half"] * data.data["x"], x, rtol=1e-6)
+    np.testing.assert_allclose(std["flux_zero"] + std["flux_scale"] * data.data["flux"], flux, rtol=1e-5)
+    np.testing.assert_allclose(data.data["sigma"] * std["flux_scale"], err, rtol=1e-5)
+    assert data.data["num_lines"] == 1 and meta["pixel_counts"]["used"] == x.size
+
+
+def test_load_fits_image_with_wcs_error_and_mask_extensions(tmp_path):
+    x, flux, err = _spectrum(n=200)
+    mask = np.zeros(200, dtype=np.int16)
+    mask[10:15] = 1
+    path = _write_image(tmp_path / "img.fits", flux, WCS_HEADER,
+                        [fits.ImageHDU(err, name="ERR"), fits.ImageHDU(mask, name="MASK")])
+    data = sl.load(path, lines=1)
+    meta = data.metadata
+    assert meta["axis"] == "wavelength" and meta["x_unit"] == "Angstrom"
+    assert meta["flux_unit"] == "erg / (s cm2 Angstrom)"
+    assert meta["pixel_counts"]["flagged_bad"] == 5 and meta["pixel_counts"]["used"] == 195
+    xs = meta.arrays["x_values"]
+    expected = np.delete(6500.0 + 0.5 * np.arange(200), np.arange(10, 15))
+    np.testing.assert_allclose(xs, expected)
+    np.testing.assert_allclose(meta.arrays["error_values"], 0.3)
+
+
+def test_load_fits_binary_table_and_ecsv_units(tmp_path):
+    import astropy.units as u
+
+    x, flux, err = _spectrum()
+    table = Table({"lambda": x * u.nm, "flux": flux * u.Jy, "sigma": (err * 1000) * u.mJy})
+    table.write(tmp_path / "t.fits")
+    table.write(tmp_path / "t.ecsv")
+    for name in ("t.fits", "t.ecsv"):
+        data = sl.load(tmp_path / name, lines=1)
+        assert data.metadata["x_unit"] == "nm" and data.metadata["flux_unit"] == "Jy"
+        np.testing.assert_allclose(data.metadata.arrays["error_values"], err)  # mJy -> Jy
+
+
+def test_non_finite_values_are_masked_and_reported(tmp_path):
+    x, flux, err = _spectrum()
+    flux[[3, 50]] = np.nan
+    flux[60] = np.inf
+    err[70] = np.nan
+    data = sl.load(_write_table(tmp_path / "nan.csv", wavelength=x, flux=flux, error=err), lines=1)
+    counts = data.metadata["pixel_counts"]
+    assert counts["non_finite_flux"] == 3 and counts["non_finite_error"] == 1 and counts["used"] == x.size - 4
+    assert any("non-finite" in m for m in sl._messages(data.metadata))
+
+
+def test_unsorted_axis_is_sorted_and_decreasing_reversed(tmp_path):
+    x, flux, err = _spectrum()
+    order = np.random.default_rng(0).permutation(x.size)
+    data = sl.load(_write_table(tmp_path / "u.csv", wavelength=x[order], flux=flux[order], error=err), lines=1)
+    assert data.metadata["axis_order"] == "unsorted"
+    np.testing.assert_allclose(data.metadata.arrays["x_values"], x)
+    np.testing.assert_allclose(data.metadata.arrays["flux_values"], flux)
+    data = sl.load(_write_table(tmp_path / "d.csv", freq=x[::-1], flux=flux[::-1]), lines=1)
+    assert data.metadata["axis_order"] == "decreasing" and data.metadata["axis"] == "frequency"
+    assert np.all(np.diff(data.metadata.arrays["x_values"]) > 0)
+
+
+def test_window_mask_and_columns_options(tmp_path):
+    x, flux, err = _spectrum()
+    path = _write_table(tmp_path / "o.csv", a=x, b=flux, c=err)
+    data = sl.load(path, lines=1, columns="a,b,c", window="6520:6580", mask="6540:6545,6560:6561")
+    xs = data.metadata.arrays["x_values"]
+    assert xs.min() >= 6520 and xs.max() <= 6580
+    assert not np.any((xs >= 6540) & (xs <= 6545)) and not np.any((xs >= 6560) & (xs <= 6561))
+
+
+# -- bad input, each through the CLI: exit 2, one line, no output file --------------------
+def _bad_inputs(tmp_path):
+    x, flux, err = _spectrum()
+    cases = {}
+    cases["no-axis"] = (_write_table(tmp_path / "noaxis.csv", pixel=np.arange(x.size), flux=flux, error=err), (),
+                        ["no spectral axis found", "pixel"])
+    cases["no-flux"] = (_write_table(tmp_path / "noflux.csv", wavelength=x, counts=flux, error=err), (),
+                        ["flux column missing", "counts"])
+    cases["all-nan"] = (_write_table(tmp_path / "allnan.csv", wavelength=x, flux=np.full(x.size, np.nan),
+                                     error=err), (), ["all 200 flux values are non-finite"])
+    neg = err.copy()
+    neg[7] = -0.1
+    cases["negative-error"] = (_write_table(tmp_path / "neg.csv", wavelength=x, flux=flux, error=neg), (),
+                               ["error column 'error' must be > 0", "pixel 8"])
+    zero = err.copy()
+    zero[0] = 0.0
+    cases["zero-error"] = (_write_table(tmp_path / "zero.csv", wavelength=x, flux=flux, error=zero), (),
+                           ["must be > 0", "pixel 1"])
+    cases["few-pixels"] = (_write_table(tmp_path / "few.csv", wavelength=x[:8], flux=flux[:8], error=err[:8]),
+                           ("--lines", "2"), ["8 usable pixel(s)", "2 line(s) has 8 parameters"])
+    cases["empty-window"] = (_write_table(tmp_path / "win.csv", wavelength=x, flux=flux, error=err),
+                             ("--window", "7000:7100"), ["option window 7000:7100 selects no usable pixel"])
+    cases["image-2d"] = (_write_image(tmp_path / "img2d.fits", np.ones((5, 200)), WCS_HEADER), (),
+                         ["2 dimensions (5, 200)", "expected a 1-D spectrum"])
+    cases["image-no-wcs"] = (_write_image(tmp_path / "nowcs.fits", flux), (), ["no spectral axis"])
+    cases["duplicates"] = (_write_table(tmp_path / "dup.csv", wavelength=np.r_[x[:100], x[:100]], flux=flux,
+                                        error=err), (), ["repeats values"])
+    cases["missing-column-option"] = (_write_table(tmp_path / "col.csv", wavelength=x, flux=flux), ("--columns",
+                                      "wavelength,fluxx"), ["column 'fluxx'", "named by option columns"])
+    return cases
+
+
+BAD = ("no-axis", "no-flux", "all-nan", "negative-error", "zero-error", "few-pixels", "empty-window",
+       "image-2d", "image-no-wcs", "duplicates", "missing-column-option")
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, run_cli, case):
+    path, extra, fragments = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out.h5"
+    code, _, err = run_cli("run", "spectral-lines", str(path), *extra, "-o", str(out))
+    line = assert_one_line_error(code, err, *fragments)
+    assert str(path) in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--lines", "two"), "expected a number of lines"),
+    (("--profile", "boxcar"), "expected one of gaussian, lorentzian, voigt"),
+    (("--window", "5:1"), "finite LO < HI"),
+    (("--continuum", "spline"), "expected one of poly, gp, none"),
+])
+def test_bad_options_exit_2(tmp_path, run_cli, args, fragment):
+    x, flux, err = _spectrum()
+    path = _write_table(tmp_path / "ok.csv", wavelength=x, flux=flux, error=err)
+    code, _, err_text = run_cli("run", "spectral-lines", str(path), *args, "-o", str(tmp_path / "o.h5"))
+    assert_one_line_error(code, err_text, fragment)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_the_process_reports_bad_input_without_traceback(tmp_path, run_process):
+    path, extra, fragments = _bad_inputs(tmp_path)["image-2d"]
+    code, _, err = run_process("run", "spectral-lines", str(path), "-o", str(tmp_path / "o.h5"))
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "o.h5").exists()
+
+
+# -- model pieces against independent computations ----------------------------------------
+@pytest.mark.parametrize("profile", ["gaussian", "lorentzian", "voigt"])
+def test_profile_integral_matches_numerical_integration(profile):
+    import jax.numpy as jnp
+
+    width, eta = 0.03, 0.35
+    x = np.linspace(-400.0, 400.0, 4_000_001)  # Lorentzian wings need a wide grid
+    shape = np.asarray(sl._profiles(jnp.asarray(x, dtype=jnp.float32), jnp.array([0.0]), jnp.array([width]),
+                                    jnp.array([eta]), profile))[:, 0]
+    numeric = np.trapezoid(shape.astype(np.float64), x)
+    closed = float(sl._profile_integral(np.array(width), np.array(eta), profile))
+    assert numeric == pytest.approx(closed, rel=2e-3)
+    half = x[shape >= 0.5]
+    fwhm = float(sl._fwhm_u(np.array(width), profile))
+    # (the pseudo-Voigt's two parts share one FWHM, so their mixture has it too)
+    assert half.max() - half.min() == pytest.approx(fwhm, abs=2 * (x[1] - x[0]))
+
+
+def test_gp_likelihood_matches_dense_matern32():
+    """The model's quasiseparable GP likelihood equals a dense Matern-3/2 Gaussian density."""
+    from numpyro import handlers
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(3)
+    n = 300
+    x = np.sort(rng.uniform(-1, 1, n))
+    y = np.sin(3 * x) + 0.1 * rng.normal(size=n)
+    sigma = np.full(n, 0.1)
+    data = {"x": x, "flux": y, "sigma": sigma, "num_lines": 1, "profile": "gaussian", "continuum": "gp",
+            "degree": 1, "kernel": "matern32", "jitter": False, "sign": "emission", "amp_max": 5.0,
+            "width_min": 1e-3, "width_max": 0.25}
+    params = {"center_gaps": np.array([0.6, 0.4]), "amplitude_u": np.array([0.7]),
+              "log_width_u": np.array([np.log(0.05)]), "continuum_coef": np.array([0.2, -0.3]),
+              "log_gp_amp": np.log(0.8), "log_gp_scale": np.log(0.4)}
+    import jax
+
+    with jax.enable_x64(True):
+        data64 = {k: (np.asarray(v, dtype=np.float64) if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+        trace = handlers.trace(handlers.substitute(sl.model, data=params)).get_trace(**data64)
+        value = float(trace["flux"]["fn"].log_prob(trace["flux"]["value"]))
+    centre = -1 + 2 * 0.6
+    mean = 0.7 * np.exp(-0.5 * ((x - centre) / 0.05) ** 2) + 0.2 - 0.3 * x
+    tau = np.abs(x[:, None] - x[None, :])
+    f = np.sqrt(3) / 0.4
+    cov = 0.8**2 * (1 + f * tau) * np.exp(-f * tau) + np.diag(sigma**2)
+    assert value == pytest.approx(multivariate_normal(mean, cov).logpdf(y), rel=1e-6, abs=1e-5)
+
+
+def test_initial_values_find_the_lines():
+    rng = np.random.default_rng(5)
+    x = np.linspace(-1, 1, 500)
+    y = 3 * np.exp(-0.5 * ((x + 0.4) / 0.03) ** 2) + 2 * np.exp(-0.5 * ((x - 0.3) / 0.05) ** 2)
+    y += 0.1 * rng.normal(size=x.size)
+    data = {"x": x, "flux": y, "sigma": None, "num_lines": 2, "profile": "gaussian", "continuum": "poly",
+            "degree": 0, "kernel": "matern32", "jitter": False, "sign": "emission", "amp_max": 10.0,
+            "width_min": float(x[1] - x[0]), "width_max": 0.25}
+    start = sl.initial_values(data)
+    centres = -1 + 2 * np.cumsum(start["center_gaps"])[:2]
+    np.testing.assert_allclose(centres, [-0.4, 0.3], atol=0.02)
+
+
+# -- the tutorial's two blended Gaussians ----------------------------------------------------
+@pytest.fixture(scope="module")
+def tutorial_fit(tmp_path_factory):
+    import astroinfer
+
+    folder = tmp_path_factory.mktemp("tutorial")
+    x, y, truth = sl.tutorial_spectrum(seed=0)
+    Table({"x": x, "flux": y}).write(folder / "tutorial.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = astroinfer.run_pipeline(
+            "spectral-lines", folder / "tutorial.csv", out=folder / "tutorial.h5", method="nuts", seed=0,
+            num_samples=1000, num_warmup=1000,
+            load_options={"lines": 2, "continuum": "none", "columns": "x,flux"})
+    return result, truth, folder / "tutorial.h5"
+
+
+def test_tutorial_truths_recovered_within_3_sd_without_label_switching(tutorial_fit):
+    result, truth, _ = tutorial_fit
+    post = result.idata.posterior
+    assert result.diagnostics["r_hat_max"] < 1.01
+    assert result.diagnostics["divergences"] == 0
+    expected = {
+        "line_center": truth["center"],
+        "line_fwhm": [sl.GAUSS_FWHM * s for s in truth["sigma"]],
+        "line_amplitude": truth["amplitude"],
+        "line_flux": [a * s * math.sqrt(2 * math.pi) for a, s in zip(truth["amplitude"], truth["sigma"])],
+    }
+    for name, values in expected.items():
+        draws = np.asarray(post[name])  # chain, draw, line
+        assert post[name].dims == ("chain", "draw", "line")
+        for line, true in enumerate(values):
+            d = draws[..., line].reshape(-1)
+            assert abs(d.mean() - true) < 3 * d.std(), (name, line, d.mean(), d.std(), true)
+    centres = np.asarray(post["line_center"])
+    assert np.all(centres[..., 0] < centres[..., 1])  # ordered in every draw
+    per_chain = centres.mean(axis=1)  # both chains in the same labelling
+    np.testing.assert_allclose(per_chain[0], per_chain[1], atol=0.05)
+    noise = np.exp(np.asarray(post["log_noise_u"]).reshape(-1)) * result.idata.constant_data.attrs["flux_scale"]
+    assert abs(noise.mean() - truth["noise"]) < 3 * noise.std()
+
+
+def test_tutorial_result_file_has_units_and_line_dimension(tutorial_fit):
+    import arviz as az
+    import astroinfer
+
+    _, _, path = tutorial_fit
+    loaded = astroinfer.load(path)
+    assert loaded.idata.posterior["line_center"].dims[-1] == "line"
+    assert loaded.idata.posterior["line_center"].attrs["units"] == "axis units"  # CSV without units
+    idata = az.from_netcdf(path)
+    assert "constant_data" in idata.groups() and idata.constant_data["x"].size == 20_000
+    text = sl.show(loaded)
+    assert "line_center" in text and "line_flux" in text
+
+
+# -- simulation, the demo, show and plot through the CLI ------------------------------------
+def test_simulate_writes_spectrum_and_truth(tmp_path, run_cli):
+    out = tmp_path / "sim.ecsv"
+    code, text, err = run_cli("simulate", "spectral-lines", "-o", str(out), "--seed", "4", "--lines", "3",
+                              "--continuum", "gp", "--num-pixels", "250")
+    assert code == 0, err
+    record = json.loads(sl.truth_path(out).read_text())
+    truth = record["truth"]
+    assert truth["num_lines"] == 3 and len(truth["lines"]) == 3 and truth["continuum"] == "gp"
+    table = Table.read(out)
+    assert len(table) == 250 and str(table["wavelength"].unit) == "Angstrom"
+    centres = [line["center"] for line in truth["lines"]]
+    assert centres == sorted(centres)
+    for line in truth["lines"]:  # flux = amplitude * sigma * sqrt(2 pi); SNR definition holds
+        assert line["flux"] == pytest.approx(line["amplitude"] * line["sigma"] * math.sqrt(2 * math.pi))
+        dx = float(table["wavelength"][1] - table["wavelength"][0])
+        assert line["snr"] == pytest.approx(line["flux"] / (truth["noise"] * dx * math.sqrt(line["fwhm"] / dx)))
+    # the data are the lines plus a continuum near 10 plus noise of the recorded size
+    x = np.asarray(table["wavelength"])
+    lines = sum(l["amplitude"] * np.exp(-0.5 * ((x - l["center"]) / l["sigma"]) ** 2) for l in truth["lines"])
+    rest = np.asarray(table["flux"]) - lines
+    assert abs(np.median(rest) - 10.0) < 1.5
+    assert np.std(np.diff(rest)) / math.sqrt(2) == pytest.approx(truth["noise"], rel=0.2)
+
+
+def test_demo_is_the_simulation_of_its_seed(tmp_path):
+    record = json.loads(DEMO_TRUTH.read_text())
+    again = sl.simulate(tmp_path / "demo.ecsv", seed=get_pipeline("spectral-lines").demo_seed)
+    assert again["truth"] == record["truth"]
+    np.testing.assert_allclose(np.asarray(Table.read(tmp_path / "demo.ecsv")["flux"]),
+                               np.asarray(Table.read(DEMO)["flux"]), rtol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, run_process):
+    """``astroinfer run spectral-lines --lines 2`` on the bundled demo (no input), short chains."""
+    folder = tmp_path_factory.mktemp("demo")
+    code, out, err = run_process("run", "spectral-lines", "--lines", "2", "--rest", "6562.8", "-o", "demo.h5",
+                                 "--samples", "400", "--warmup", "400", cwd=folder)
+    return folder, code, out, err
+
+
+def test_demo_run_recovers_the_simulated_lines(demo_run):
+    import astroinfer
+
+    folder, code, out, err = demo_run
+    assert code == 0, err
+    assert "demo input" in err
+    result = astroinfer.load(folder / "demo.h5")
+    truth = json.loads(DEMO_TRUTH.read_text())["truth"]["lines"]
+    post = result.idata.posterior
+    for name, key in (("line_center", "center"), ("line_flux", "flux"), ("line_fwhm", "fwhm"),
+                      ("line_eqw", "eqw")):
+        draws = np.asarray(post[name]).reshape(-1, 2)
+        for line, expected in enumerate(truth):
+            assert abs(draws[:, line].mean() - expected[key]) < 3.5 * draws[:, line].std(), (name, line)
+    assert post["line_center"].attrs["units"] == "Angstrom"
+    assert post["line_flux"].attrs["units"] == "(1e-17 erg / (Angstrom s cm2)) Angstrom"
+    velocity = np.asarray(post["line_velocity"]).reshape(-1, 2).mean(axis=0)
+    expected = [299792.458 * (line["center"] - 6562.8) / 6562.8 for line in truth]
+    np.testing.assert_allclose(velocity, expected, atol=60.0)
+    assert result.diagnostics["r_hat_max"] < 1.05
+
+
+def test_show_and_fit_plot_of_the_demo(demo_run, run_cli):
+    folder, code, _, err = demo_run
+    assert code == 0, err
+    code, out, err = run_cli("show", str(folder / "demo.h5"))
+    assert code == 0, err
+    assert "per-line posterior" in out and "line_eqw" in out and "Angstrom" in out
+    figure = folder / "fit.png"
+    code, out, err = run_cli("plot", str(folder / "demo.h5"), "--kind", "fit", "-o", str(figure))
+    assert code == 0, err
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- choosing K by evidence ------------------------------------------------------------------
+def test_lines_auto_picks_the_true_number_and_stores_evidences(tmp_path, run_cli):
+    import astroinfer
+
+    path = tmp_path / "one.ecsv"
+    sl.simulate(path, seed=21, lines=1, num_pixels=120, snr=15.0)
+    out = tmp_path / "auto.h5"
+    code, text, err = run_cli("run", "spectral-lines", str(path), "--lines", "auto", "--max-lines", "2",
+                              "--method", "nested", "-o", str(out), "--quiet")
+    assert code == 0, err
+    result = astroinfer.load(out)
+    comp = result.idata.model_comparison
+    assert list(comp["k"].values) == [0, 1, 2]
+    assert int(comp.attrs["chosen_num_lines"]) == 1
+    log_z = comp["log_evidence_by_k"].values
+    assert log_z[1] - log_z[0] > 5.0  # an SNR-15 line is decisive
+    np.testing.assert_allclose(comp["log_bayes_factor"].values, log_z - log_z[1])
+    assert result.log_evidence == pytest.approx(log_z[1])
+    assert result.idata.posterior["line_center"].shape[-1] == 1
+    assert "log Z" in sl.show(result)
+
+
+@pytest.mark.slow
+def test_lines_auto_calibration_small(tmp_path):
+    """A small version of the calibration in ``benchmarks/spectral_lines.py --only calibration``
+    (the issue's 20 spectra per K in 0..3 take hours on 2 shared cores): 2 spectra per K in 0..2,
+    line SNR drawn in [10, 30]; the true K must win in at least 5 of 6, and 90% intervals of the
+    centres and fluxes must hold the truth for at least 4 of the 6 lines (binomial(6, 0.9): a
+    calibrated fit fails this with probability 1.6%)."""
+    import astroinfer
+
+    right, covered = 0, {"center": [], "flux": []}
+    for k in range(3):
+        for i in range(2):
+            path = tmp_path / f"k{k}_{i}.ecsv"
+            record = sl.simulate(path, seed=500 + 10 * k + i, lines=k, num_pixels=120)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = astroinfer.run_pipeline("spectral-lines", path, method="nested", seed=i,
+                                              load_options={"lines": "auto", "max_lines": 2})
+            chosen = int(res.idata.model_comparison.attrs["chosen_num_lines"])
+            right += chosen == k
+            if chosen == k and k:
+                for name, key in (("line_center", "center"), ("line_flux", "flux")):
+                    draws = np.asarray(res.idata.posterior[name]).reshape(-1, k)
+                    lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+                    truth = np.array([line[key] for line in record["truth"]["lines"]])
+                    covered[key].extend(((lo <= truth) & (truth <= hi)).tolist())
+    assert right >= 5
+    for key, hits in covered.items():
+        assert sum(hits) >= len(hits) - 2, (key, hits)
