@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any, Mapping
 
-from astroinfer.pipeline import InputError
+import numpy as np
 
-__all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_table"]
+from astroinfer.pipeline import InputError, OutputError
+
+__all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_table", "check_simulate_target"]
 
 #: astropy format of each file-name ending the readers know (longest ending wins).
 READ_FORMATS = {
@@ -80,3 +83,23 @@ def read_table(path: Path, expected: str):
     if len(table.colnames) == 0:
         raise InputError(f"{path}: not a table (no columns found); expected {expected}")
     return table
+
+
+def check_simulate_target(path: Path, seed: Any, write_formats: Mapping[str, str] | None = None) -> str:
+    """Refuse a ``simulate`` output that cannot be written, before anything is simulated.
+
+    The folder must exist, ``seed`` must be a non-negative integer and, when ``write_formats``
+    is given, the file name must end in one of its keys. Returns that ending ("" without
+    ``write_formats``). Raises :class:`~astroinfer.pipeline.OutputError`.
+    """
+    ending = ""
+    if write_formats is not None:
+        ending = extension(path, write_formats)
+        if ending not in write_formats:
+            raise OutputError(f"{path}: cannot write a table with extension '{ending or path.suffix}'; "
+                              f"use one of {', '.join(write_formats)}")
+    if not path.resolve().parent.is_dir():
+        raise OutputError(f"{path}: folder {path.resolve().parent} does not exist")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OutputError(f"seed must be a non-negative integer, got {seed!r}")
+    return ending

@@ -56,7 +56,7 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData, PipelineOption
-from astroinfer.tables import READ_FORMATS, extension, read_table
+from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, read_table
 
 if TYPE_CHECKING:
     from astroinfer.pipeline import PreparedRun
@@ -914,14 +914,7 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
     from astropy.table import Table
 
     path = Path(path)
-    ext = extension(path)
-    if ext not in _WRITE_FORMATS:
-        raise OutputError(f"{path}: cannot write a table with extension '{ext or path.suffix}'; use one of "
-                          f"{', '.join(_WRITE_FORMATS)}")
-    if not path.resolve().parent.is_dir():
-        raise OutputError(f"{path}: folder {path.resolve().parent} does not exist")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OutputError(f"seed must be a non-negative integer, got {seed!r}")
+    ext = check_simulate_target(path, seed, _WRITE_FORMATS)
     if num_stars < MIN_STARS:
         raise OutputError(f"num_stars must be at least {MIN_STARS}, got {num_stars}")
     if profile not in PROFILES:

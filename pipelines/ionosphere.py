@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from astroinfer.files import atomic_write
-from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData, PipelineOption
+from astroinfer.pipeline import InputError, Pipeline, PipelineData, PipelineOption
+from astroinfer.tables import check_simulate_target
 
 if TYPE_CHECKING:
     from astroinfer.pipeline import PreparedRun
@@ -314,10 +315,7 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_times: int = 24, num
     from astroinfer.pipelines._h5parm import write_h5parm
 
     path = Path(path)
-    if not path.resolve().parent.is_dir():
-        raise OutputError(f"{path}: folder {path.resolve().parent} does not exist")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OutputError(f"seed must be a non-negative integer, got {seed!r}")
+    check_simulate_target(path, seed)
     rng = np.random.default_rng(seed)
     freq = np.linspace(120e6, 168e6, num_freqs)
     times = 5.0e9 + 30.0 * np.arange(num_times)

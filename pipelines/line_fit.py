@@ -42,7 +42,7 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData
-from astroinfer.tables import READ_FORMATS, extension, read_table
+from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, read_table
 
 if TYPE_CHECKING:
     from astroinfer.result import Result
@@ -192,14 +192,7 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_points: int = 50,
     from astropy.table import Table
 
     path = Path(path)
-    ext = extension(path)
-    if ext not in _WRITE_FORMATS:
-        raise OutputError(f"{path}: cannot write a table with extension '{ext or path.suffix}'; "
-                          f"use one of {', '.join(_WRITE_FORMATS)}")
-    if not path.resolve().parent.is_dir():
-        raise OutputError(f"{path}: folder {path.resolve().parent} does not exist")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OutputError(f"seed must be a non-negative integer, got {seed!r}")
+    ext = check_simulate_target(path, seed, _WRITE_FORMATS)
     if num_points < MIN_ROWS:
         raise OutputError(f"num_points must be at least {MIN_ROWS}, got {num_points}")
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData, PipelineOption
+from astroinfer.tables import check_simulate_target
 from astroinfer.pipelines._spectral_io import read_spectrum
 
 if TYPE_CHECKING:
@@ -959,14 +960,7 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, lines: int = 2, num_pixe
     from astropy.table import Table
 
     path = Path(path)
-    ext = next((e for e in _WRITE_FORMATS if path.name.lower().endswith(e)), None)
-    if ext is None:
-        raise OutputError(f"{path}: cannot write a spectrum with extension '{path.suffix}'; use one of "
-                          f"{', '.join(_WRITE_FORMATS)}")
-    if not path.resolve().parent.is_dir():
-        raise OutputError(f"{path}: folder {path.resolve().parent} does not exist")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OutputError(f"seed must be a non-negative integer, got {seed!r}")
+    ext = check_simulate_target(path, seed, _WRITE_FORMATS)
     if num_pixels < 20:
         raise OutputError(f"num_pixels must be at least 20, got {num_pixels}")
     if continuum not in ("gp", "poly"):
