@@ -705,23 +705,29 @@ def _sample(prepared: "PreparedRun", progress: bool) -> "Result":
         log_z = np.array([runs[k].log_evidence for k in ks])
         log_z_err = np.array([runs[k].log_evidence_err for k in ks])
         best = ks[int(np.argmax(log_z))]
-        result = runs[best]
         comparison = {"k": np.array(ks), "log_evidence": log_z, "log_evidence_err": log_z_err,
                       "log_bayes_factor": log_z - log_z[ks.index(best)], "chosen": best}
         settings = {**loaded.data, "num_lines": best}
+        # K is chosen by evidence; the posterior of the chosen K comes from the method asked
+        # for (nested sampling's own draws when that is the method).
+        result = runs[best] if prepared.method == "nested" else _fit_fixed_k(prepared, settings, progress)
     else:
         settings = dict(loaded.data)
-        overrides = {}
-        if prepared.method == "nuts" and "dense_mass" not in prepared.options:
-            # Blended lines make centre, width and amplitude strongly correlated: a dense
-            # mass matrix (a few parameters only) keeps NUTS trajectories short.
-            overrides["dense_mass"] = True
-        if prepared.method == "nuts" and "init" not in prepared.options:
-            start = map_estimate(settings, initial_values(settings), seed=prepared.seed)
-            overrides["model"] = _started_at(start)
-        result = prepared.sample_model(progress=progress, **overrides)
+        result = _fit_fixed_k(prepared, settings, progress)
     finalise(result, settings, meta, getattr(meta, "arrays", {}), comparison)
     return prepared.finish(result)
+
+
+def _fit_fixed_k(prepared: "PreparedRun", settings: dict, progress: bool) -> "Result":
+    overrides: dict[str, Any] = {"data": settings}
+    if prepared.method == "nuts" and "dense_mass" not in prepared.options:
+        # Blended lines make centre, width and amplitude strongly correlated: a dense
+        # mass matrix (a few parameters only) keeps NUTS trajectories short.
+        overrides["dense_mass"] = True
+    if prepared.method == "nuts" and "init" not in prepared.options:
+        start = map_estimate(settings, initial_values(settings), seed=prepared.seed)
+        overrides["model"] = _started_at(start)
+    return prepared.sample_model(progress=progress, **overrides)
 
 
 def finalise(result: "Result", settings: dict, meta: dict, arrays: dict, comparison: dict | None = None) -> "Result":
