@@ -161,7 +161,7 @@ def _describe_pipeline(pipe) -> None:
             usage = option.cli_flag + ("" if option.flag else " VALUE")
             default = "" if option.default is None else f" [default: {option.default}]"
             click.echo(f"  {usage:28s} {option.help}{default}")
-    kinds = ["corner", "trace", "flow", *pipe.plots]
+    kinds = [*GENERIC_PLOT_KINDS, *pipe.plots]
     click.echo(f"\nplot kinds: {', '.join(kinds)}")
     if pipe.batch:
         click.echo("batch pipeline: accepts --scheduler local|ADDRESS and --resume")
@@ -264,7 +264,7 @@ def run_command(ctx, pipeline, input, out, method, seed, config_path, chains, sa
       num_live_points = 1000  # (astroinfer.method_defaults(method) lists them)
       [pipeline]              # the pipeline's own options; command-line flags win
     """
-    from astroinfer.pipeline import get_pipeline, parse_option_args
+    from astroinfer.pipeline import check_pipeline_method, check_pipeline_options, get_pipeline, parse_option_args
 
     pipe = get_pipeline(pipeline)  # an unknown name fails before anything else is read
     if input is not None and input.startswith("--"):  # a pipeline option, not a file name
@@ -274,15 +274,11 @@ def run_command(ctx, pipeline, input, out, method, seed, config_path, chains, sa
     config = _read_config(config_path) if config_path else {}
     _check_config(config_path, config)
     if "pipeline" in config:
-        from astroinfer.pipeline import check_pipeline_options
-
         try:
             check_pipeline_options(pipe, config["pipeline"])
         except ValueError as err:
             _fail(f"{config_path}: [pipeline] {_one_line(err)}")
         load_options = {**config["pipeline"], **load_options}
-    from astroinfer.pipeline import check_pipeline_method
-
     method = check_pipeline_method(pipe, method or config.get("method"))
 
     from astroinfer.engine import method_defaults

@@ -194,6 +194,7 @@ def inputs(tmp_path):
     (tmp_path / "unknown.toml").write_text("[nuts]\nnum_warmup = 50\nnum_leaves = 3\n")
     (tmp_path / "toplevel.toml").write_text("samples = 50\n")
     (tmp_path / "badmethod.toml").write_text('method = "mcmc"\n')
+    (tmp_path / "pipeline.toml").write_text("[pipeline]\nlines = 2\n")
     (tmp_path / "notes.txt").write_text("not a result\n")
     return tmp_path
 
@@ -217,6 +218,8 @@ BAD_RUNS = [
     (["run", "line-fit", "--config", "{d}/unknown.toml"], ["unknown.toml", "num_leaves"]),
     (["run", "line-fit", "--config", "{d}/toplevel.toml"], ["toplevel.toml: unknown key 'samples'"]),
     (["run", "line-fit", "--config", "{d}/badmethod.toml"], ["badmethod.toml", "mcmc"]),
+    (["run", "line-fit", "--config", "{d}/pipeline.toml"],
+     ["pipeline.toml: [pipeline] unknown option(s) lines for pipeline 'line-fit'"]),
     (["run", "line-fit", "--config", "{d}/missing.toml"], ["missing.toml: no such file"]),
     (["run", "line-fit", "--config", "{d}/junk.csv"], ["junk.csv: not a text file"]),
     (["run", "line-fit", "-o", "{d}/no/such/folder/out.h5"], ["does not exist"]),
