@@ -16,7 +16,7 @@ import numpy as np
 
 from astroinfer.pipeline import InputError, OutputError
 
-__all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_table", "check_simulate_target"]
+__all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_table", "float_column", "check_simulate_target"]
 
 #: astropy format of each file-name ending the readers know (longest ending wins).
 READ_FORMATS = {
@@ -83,6 +83,20 @@ def read_table(path: Path, expected: str):
     if len(table.colnames) == 0:
         raise InputError(f"{path}: not a table (no columns found); expected {expected}")
     return table
+
+
+def float_column(table, path: Path, name: str) -> np.ndarray:
+    """Column ``name`` of ``table`` as float64, empty (masked) entries as NaN.
+
+    Refuses, naming the file and column, a column that is not one number per row.
+    """
+    column = table[name]
+    if column.ndim != 1:
+        raise InputError(f"{path}: column '{name}' must hold one number per row, got shape {column.shape}")
+    if column.dtype.kind not in "iuf":
+        raise InputError(f"{path}: column '{name}' must be numeric, got {column.dtype.kind!r} values such as "
+                         f"{str(column[0])!r}")
+    return np.asarray(np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan), dtype=np.float64)
 
 
 def check_simulate_target(path: Path, seed: Any, write_formats: Mapping[str, str] | None = None) -> str:

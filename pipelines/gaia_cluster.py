@@ -56,7 +56,7 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData, PipelineOption
-from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, read_table
+from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, float_column, read_table
 
 if TYPE_CHECKING:
     from astroinfer.pipeline import PreparedRun
@@ -95,22 +95,11 @@ def _find(table, wanted: str) -> str | None:
     return wanted if wanted in names else next((n for n in names if n.lower() == wanted.lower()), None)
 
 
-def _float_column(table, path: Path, name: str) -> np.ndarray:
-    column = table[name]
-    if column.ndim != 1:
-        raise InputError(f"{path}: column '{name}' must hold one number per row, got shape {column.shape}")
-    if column.dtype.kind not in "iuf":
-        raise InputError(f"{path}: column '{name}' must be numeric, got {column.dtype.kind!r} values such as "
-                         f"{str(column[0])!r}")
-    values = np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
-    return np.asarray(values, dtype=np.float64)
-
-
 def _to_mas(table, path: Path, name: str) -> tuple[np.ndarray, str | None]:
     """A parallax-like column in mas; a unit that is not an angle is refused, an angle converted."""
     import astropy.units as u
 
-    values = _float_column(table, path, name)
+    values = float_column(table, path, name)
     unit = getattr(table[name], "unit", None)
     if unit is None or str(unit) in ("", "None"):
         return values, None
@@ -231,8 +220,8 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
     source_id = np.asarray(source_col, dtype=np.int64)
     parallax, parallax_unit = _to_mas(table, path, names["parallax"])
     error, error_unit = _to_mas(table, path, names["parallax_error"])
-    ra = _float_column(table, path, names["ra"])
-    dec = _float_column(table, path, names["dec"])
+    ra = float_column(table, path, names["ra"])
+    dec = float_column(table, path, names["dec"])
     rows = len(table)
     selection: list[dict[str, Any]] = [{"step": "rows read", "kept": rows}]
     dropped: dict[str, int] = {}
@@ -271,7 +260,7 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
     applied = zero_point == "on" or (zero_point == "auto" and has_zp_columns)
     zp = np.zeros(rows)
     if applied:
-        zp_inputs = [_float_column(table, path, zp_columns[c]) for c in ZERO_POINT_COLUMNS]
+        zp_inputs = [float_column(table, path, zp_columns[c]) for c in ZERO_POINT_COLUMNS]
         zp = lindegren_zero_point(*zp_inputs)
         in_range = zero_point_in_range(zp_inputs[0], zp_inputs[1], zp_inputs[2], zp_inputs[4])
         available = np.isfinite(zp)
@@ -291,12 +280,12 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         g_name = _find(table, "phot_g_mean_mag")
         if g_name is None:
             raise InputError(f"{path}: option g_max needs column 'phot_g_mean_mag', which is missing")
-        g = _float_column(table, path, g_name)
+        g = float_column(table, path, g_name)
         keep = keep & np.isfinite(g) & (g < g_max)
         selection.append({"step": f"G < {g_max:g} mag", "kept": int(keep.sum())})
     ruwe_name = _find(table, "ruwe")
     if ruwe_max is not None and ruwe_name is not None:
-        ruwe = _float_column(table, path, ruwe_name)
+        ruwe = float_column(table, path, ruwe_name)
         keep = keep & np.isfinite(ruwe) & (ruwe < ruwe_max)
         selection.append({"step": f"RUWE < {ruwe_max:g}", "kept": int(keep.sum())})
     kept = int(keep.sum())

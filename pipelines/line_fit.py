@@ -42,7 +42,7 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData
-from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, read_table
+from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, float_column, read_table
 
 if TYPE_CHECKING:
     from astroinfer.result import Result
@@ -73,18 +73,12 @@ def _find_column(table, path: Path, wanted: str, option: str) -> str:
 
 
 def _column(table, path: Path, name: str) -> np.ndarray:
-    column = table[name]
-    if column.ndim != 1:
-        raise InputError(f"{path}: column '{name}' must hold one number per row, got shape {column.shape}")
-    if column.dtype.kind not in "iuf":
-        raise InputError(f"{path}: column '{name}' must be numeric, got {column.dtype.kind!r} values "
-                         f"such as {str(column[0])!r}")
-    mask = np.ma.getmaskarray(column)
+    values = float_column(table, path, name)
+    mask = np.ma.getmaskarray(table[name])
     if mask.any():
         rows = np.flatnonzero(mask)
         raise InputError(f"{path}: column '{name}' has {rows.size} empty value(s) (first at data row "
                          f"{rows[0] + 1}); expected a number in every row")
-    values = np.asarray(column, dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
         rows = np.flatnonzero(bad)
