@@ -35,6 +35,7 @@ and reports bad names, before anything heavy is loaded.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
     from astroinfer.result import Result
 
 __all__ = [
-    "Pipeline", "PipelineData", "PipelineOption", "parse_option_args", "EXECUTION_DEFAULTS", "PipelineError", "InputError", "UnknownPipelineError",
+    "Pipeline", "PipelineData", "PipelineOption", "parse_option_args", "parse_positive", "parse_count",
+    "parse_choice", "EXECUTION_DEFAULTS", "PipelineError", "InputError", "UnknownPipelineError",
     "OutputError", "PipelineLoadError", "get_pipeline", "list_pipelines", "pipeline_names", "run_pipeline",
     "prepare", "PreparedRun", "check_run_settings", "check_pipeline_options", "check_pipeline_method", "check_execution", "check_output_path", "user_cache_dir",
     "ENTRY_POINT_GROUP", "BUILTIN",
@@ -124,6 +126,45 @@ class PipelineOption:
     @property
     def cli_flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+def parse_positive(text: str) -> float:
+    """A finite number > 0 (a ``PipelineOption.parse``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def parse_count(minimum: int = 0) -> Callable[[str], int]:
+    """A ``PipelineOption.parse`` for whole numbers >= ``minimum``."""
+    what = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise ValueError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_choice(*allowed: str) -> Callable[[str], str]:
+    """A ``PipelineOption.parse`` for one of ``allowed`` (case and surrounding blanks ignored)."""
+
+    def parse(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    return parse
 
 
 def parse_option_args(pipeline_name: str, options: tuple[PipelineOption, ...], args: list[str]) -> dict[str, Any]:

@@ -55,7 +55,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from astroinfer.files import atomic_write
-from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData, PipelineOption
+from astroinfer.pipeline import (
+    InputError, OutputError, Pipeline, PipelineData, PipelineOption, parse_choice, parse_count, parse_positive,
+)
 from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, float_column, read_table
 
 if TYPE_CHECKING:
@@ -129,44 +131,19 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _parse_positive(text: str) -> float:
-    value = _parse_float(text)
-    if value <= 0:
-        raise ValueError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _choice(*allowed: str):
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
-        return text
-    return parse
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
 OPTIONS = (
     PipelineOption("parallax_min", "keep stars with parallax (after the zero point) above this, mas", None, _parse_float),
     PipelineOption("parallax_max", "keep stars with parallax (after the zero point) below this, mas", None, _parse_float),
     PipelineOption("g_max", "keep stars brighter than this G magnitude (needs phot_g_mean_mag)", None, _parse_float),
-    PipelineOption("ruwe_max", "keep stars with RUWE below this when the catalog has a ruwe column", 1.4, _parse_positive),
+    PipelineOption("ruwe_max", "keep stars with RUWE below this when the catalog has a ruwe column", 1.4, parse_positive),
     PipelineOption("zero_point", "Lindegren et al. (2021) parallax zero point: auto (when its columns are "
-                   "present), on, off", "auto", _choice("auto", "on", "off")),
-    PipelineOption("offset", "global parallax offset, prior sd 0.012 mas: fit or off", "fit", _choice("fit", "off")),
-    PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", _choice(*PROFILES)),
+                   "present), on, off", "auto", parse_choice("auto", "on", "off")),
+    PipelineOption("offset", "global parallax offset, prior sd 0.012 mas: fit or off", "fit", parse_choice("fit", "off")),
+    PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", parse_choice(*PROFILES)),
     PipelineOption("distance_guess", "centre of the cluster-distance prior, pc [default: the peak of the "
-                   "parallax distribution]", None, _parse_positive),
+                   "parallax distribution]", None, parse_positive),
     PipelineOption("keep_duplicates", "keep rows whose source_id repeats (else they are an error)", False, flag=True),
-    PipelineOption("star_draws", "per-star distance and membership draws to store (0: summaries only)", 0, _count),
+    PipelineOption("star_draws", "per-star distance and membership draws to store (0: summaries only)", 0, parse_count()),
 )
 
 
@@ -943,8 +920,8 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
 
 
 SIMULATE_OPTIONS = (
-    PipelineOption("num_stars", "number of stars", 500, _count),
-    PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", _choice(*PROFILES)),
+    PipelineOption("num_stars", "number of stars", 500, parse_count()),
+    PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", parse_choice(*PROFILES)),
 )
 
 

@@ -41,7 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from astroinfer.files import atomic_write
-from astroinfer.pipeline import InputError, Pipeline, PipelineData, PipelineOption
+from astroinfer.pipeline import (
+    InputError, Pipeline, PipelineData, PipelineOption, parse_choice, parse_count, parse_positive,
+)
 from astroinfer.tables import check_simulate_target
 
 if TYPE_CHECKING:
@@ -203,39 +205,19 @@ DTEC_CLOCK_KERNEL = _LazyKernel(1)
 
 
 # -- load ---------------------------------------------------------------------------------
-def _positive(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a positive number, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _solver(text: str) -> str:
-    if text not in ("auto", "grid", "nested"):
-        raise ValueError(f"expected auto, grid or nested, got {text!r}")
-    return text
-
-
 RUN_OPTIONS = (
-    PipelineOption("phase_noise", "phase noise per channel in radians (sets the von Mises kappa)", 0.3, _positive),
-    PipelineOption("dtec_max", "dTEC prior: Uniform(-dtec_max, dtec_max) TECU", 1.0, _positive),
+    PipelineOption("phase_noise", "phase noise per channel in radians (sets the von Mises kappa)", 0.3, parse_positive),
+    PipelineOption("dtec_max", "dTEC prior: Uniform(-dtec_max, dtec_max) TECU", 1.0, parse_positive),
     PipelineOption("fit_clock", "also fit a clock delay tau (2-D grid: slower)", False, flag=True),
-    PipelineOption("clock_max", "clock prior: Uniform(-clock_max, clock_max) seconds", 2e-8, _positive),
+    PipelineOption("clock_max", "clock prior: Uniform(-clock_max, clock_max) seconds", 2e-8, parse_positive),
     PipelineOption("ref_ant", "subtract this station's phases first (default: none; h5parm phases are "
                    "usually already referenced)", None, str),
     PipelineOption("solset", "solset to read (default: the first with a phase soltab)", None, str),
     PipelineOption("soltab", "phase soltab to read (default: the first with TITLE 'phase')", None, str),
     PipelineOption("solver", "auto (exact grid, nested sampling where the grid does not resolve), grid or "
-                   "nested (the pipeline's one engine method is nested sampling)", "auto", _solver),
-    PipelineOption("draws", "posterior draws kept per problem", 100, _count),
-    PipelineOption("chunk_size", "problems per chunk (the unit of resume and of Dask tasks)", 8192, _count),
+                   "nested (the pipeline's one engine method is nested sampling)", "auto", parse_choice("auto", "grid", "nested")),
+    PipelineOption("draws", "posterior draws kept per problem", 100, parse_count(1)),
+    PipelineOption("chunk_size", "problems per chunk (the unit of resume and of Dask tasks)", 8192, parse_count(1)),
     PipelineOption("h5parm_out", "the TEC h5parm to write (default: OUT with .h5 replaced by .tec.h5)", None, str),
 )
 
@@ -352,13 +334,13 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_times: int = 24, num
 
 
 SIMULATE_OPTIONS = (
-    PipelineOption("num_times", "time slots", 24, _count),
-    PipelineOption("num_ants", "stations", 6, _count),
-    PipelineOption("num_dirs", "directions", 1, _count),
-    PipelineOption("num_pols", "polarisations (1-4)", 2, _count),
-    PipelineOption("num_freqs", "channels, 120-168 MHz", 24, _count),
-    PipelineOption("noise", "phase noise in radians", 0.3, _positive),
-    PipelineOption("dtec_range", "largest |dTEC| of the truth, TECU", 0.4, _positive),
+    PipelineOption("num_times", "time slots", 24, parse_count(1)),
+    PipelineOption("num_ants", "stations", 6, parse_count(1)),
+    PipelineOption("num_dirs", "directions", 1, parse_count(1)),
+    PipelineOption("num_pols", "polarisations (1-4)", 2, parse_count(1)),
+    PipelineOption("num_freqs", "channels, 120-168 MHz", 24, parse_count(1)),
+    PipelineOption("noise", "phase noise in radians", 0.3, parse_positive),
+    PipelineOption("dtec_range", "largest |dTEC| of the truth, TECU", 0.4, parse_positive),
     PipelineOption("clock", "add a clock delay per station (up to 5 ns)", False, flag=True),
 )
 

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from astroinfer.files import atomic_write
-from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData, PipelineOption
+from astroinfer.pipeline import (
+    InputError, OutputError, Pipeline, PipelineData, PipelineOption, parse_choice, parse_count, parse_positive,
+)
 from astroinfer.tables import check_simulate_target
 from astroinfer.pipelines._spectral_io import read_spectrum
 
@@ -82,25 +84,6 @@ def _parse_lines(text: str) -> int | str:
     return value
 
 
-def _parse_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _choice(options: tuple[str, ...]):
-    def parse(text: str) -> str:
-        value = str(text).strip().lower()
-        if value not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
-        return value
-    return parse
-
-
 def _parse_interval(text: str) -> tuple[float, float]:
     parts = str(text).split(":")
     try:
@@ -125,43 +108,33 @@ def _parse_columns(text: str) -> tuple[str, ...]:
     return names
 
 
-def _parse_positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"expected a positive number, got {text!r}")
-    return value
-
-
 OPTIONS = (
     PipelineOption("lines", "number of lines K, or 'auto': nested sampling for K = 0..max_lines, "
                    "chosen by evidence", "auto", _parse_lines),
-    PipelineOption("max_lines", "largest K tried by --lines auto", 3, _parse_count),
+    PipelineOption("max_lines", "largest K tried by --lines auto", 3, parse_count()),
     PipelineOption("profile", "line profile: gaussian, lorentzian or voigt (pseudo-Voigt)", "gaussian",
-                   _choice(PROFILES)),
+                   parse_choice(*PROFILES)),
     PipelineOption("continuum", "continuum: poly (polynomial), gp (polynomial mean + quasiseparable GP) "
-                   "or none", "poly", _choice(CONTINUA)),
-    PipelineOption("degree", "polynomial degree of the continuum (the GP's mean for gp)", 1, _parse_count),
-    PipelineOption("kernel", "GP kernel for continuum gp: matern32 or sho", "matern32", _choice(KERNELS)),
+                   "or none", "poly", parse_choice(*CONTINUA)),
+    PipelineOption("degree", "polynomial degree of the continuum (the GP's mean for gp)", 1, parse_count()),
+    PipelineOption("kernel", "GP kernel for continuum gp: matern32 or sho", "matern32", parse_choice(*KERNELS)),
     PipelineOption("jitter", "add a fitted noise term to the file's errors", False, flag=True),
-    PipelineOption("sign", "line sign: emission, absorption or both", "emission", _choice(SIGNS)),
+    PipelineOption("sign", "line sign: emission, absorption or both", "emission", parse_choice(*SIGNS)),
     PipelineOption("window", "fit only LO:HI of the spectral axis (its units)", None, _parse_interval),
     PipelineOption("mask", "exclude LO:HI[,LO:HI...] of the spectral axis", None, _parse_intervals),
     PipelineOption("columns", "table columns AXIS,FLUX[,ERROR] instead of finding them by name", None,
                    _parse_columns),
     PipelineOption("rest", "rest wavelength or frequency (axis units) for line_velocity in km/s", None,
-                   _parse_positive),
+                   parse_positive),
 )
 
 SIMULATE_OPTIONS = (
-    PipelineOption("lines", "number of lines", 2, _parse_count),
-    PipelineOption("num_pixels", "number of pixels", 300, _parse_count),
+    PipelineOption("lines", "number of lines", 2, parse_count()),
+    PipelineOption("num_pixels", "number of pixels", 300, parse_count()),
     PipelineOption("snr", "signal-to-noise ratio of each line's flux (default: drawn in [10, 30])", None,
-                   _parse_positive),
+                   parse_positive),
     PipelineOption("continuum", "continuum shape: poly (level and slope) or gp (plus a Matern-3/2 GP draw)",
-                   "poly", _choice(("gp", "poly"))),
+                   "poly", parse_choice("gp", "poly")),
 )
 
 
@@ -211,7 +184,7 @@ def load(path: str | os.PathLike, *, lines: int | str = "auto", max_lines: int =
         if isinstance(columns, str):
             columns = _parse_columns(columns)
         if rest is not None:
-            rest = _parse_positive(str(rest))
+            rest = parse_positive(str(rest))
     except ValueError as err:
         raise InputError(f"{path}: {err}") from None
     _check_option(path, "profile", profile, PROFILES)
