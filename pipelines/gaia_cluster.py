@@ -86,6 +86,11 @@ CLUSTER_NODES = 4
 FIELD_NODES = 16
 MIN_STARS = 10
 LIKELY_MEMBER = 0.5
+# NUTS defaults for the globals (options the user sets win): a dense mass matrix, since the
+# four globals are correlated, and a target acceptance of 0.65, the optimum for HMC
+# (Beskos et al. 2013). On M67 it gave 1.4x the minimum ESS per second of 0.8 (5.9
+# instead of 8.5 leapfrog steps per draw) with no divergences.
+NUTS_SETTINGS = {"dense_mass": True, "target_accept_prob": 0.65}
 
 _WRITE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".vot": "votable", ".xml": "votable"}
 _EXPECTED = f"a Gaia table (FITS, VOTable, ECSV or CSV) with columns {', '.join(REQUIRED)}"
@@ -381,19 +386,23 @@ def _halo_scales() -> np.ndarray:
     return 1.0 / np.sqrt(lam)
 
 
-def _log_prior_u(u, profile: str, distance, size):
-    """Cluster profile (lognormal or gaussian) as a density in u = log(parallax/mas)
-    (Jacobian included), its first derivative, and a positive curvature for Gauss-Newton."""
+def _log_prior_v(v, profile: str, distance, size):
+    """Cluster profile (lognormal or gaussian) as a density in ``v = u - log(1000 / distance)``,
+    the log parallax relative to the cluster's (Jacobian included), its first derivative, and
+    a positive curvature for Gauss-Newton.
+
+    Relative, because a compact cluster's profile is narrower in u than float32 resolves
+    around u itself (size / distance of 1e-7 or less): written in u, the profile's nodes
+    collapse onto one value and the integral comes out wrong by tens of nats."""
     import jax.numpy as jnp
 
     if profile == "lognormal":
-        mu = jnp.log(1000.0 / distance)
         tau = size / distance
-        z = (u - mu) / tau
-        return -0.5 * z**2 - jnp.log(tau) - 0.5 * math.log(2 * math.pi), -z / tau, 1.0 / tau**2 + 0 * u
-    r = 1000.0 * jnp.exp(-u)
-    z = (r - distance) / size
-    logp = -0.5 * z**2 - jnp.log(size) + (math.log(1000.0) - 0.5 * math.log(2 * math.pi)) - u  # log r = log 1000 - u
+        z = v / tau
+        return -0.5 * z**2 - jnp.log(tau) - 0.5 * math.log(2 * math.pi), -z / tau, 1.0 / tau**2 + 0 * v
+    r = distance * jnp.exp(-v)
+    z = distance * jnp.expm1(-v) / size  # (r - distance) / size without cancellation
+    logp = -0.5 * z**2 - jnp.log(size) - 0.5 * math.log(2 * math.pi) + jnp.log(distance) - v  # log r = log D - v
     return logp, z * r / size - 1.0, (r / size) ** 2
 
 
@@ -406,21 +415,33 @@ def _log_field_u(u, scale):
     return logp, r / scale - 3.0, r / scale
 
 
-def _log_like_u(u, parallax, error):
+def _log_like_u(u, parallax, error, shift=0.0):
+    """Gaussian parallax likelihood at ``u + shift`` (log parallax), with its first derivative
+    and Gauss-Newton curvature in u."""
     import jax.numpy as jnp
 
-    w = jnp.exp(u)
+    w = jnp.exp(u + shift)
     resid = (parallax - w) / error
     logl = -0.5 * resid**2 - jnp.log(error) - 0.5 * math.log(2 * math.pi)
     return logl, resid * w / error, (w / error) ** 2
 
 
-def _newton_centre(prior_fn, u0, parallax, error, steps: int):
-    """Gauss-Newton steps towards the mode of likelihood x prior in u; returns (centre, width)."""
+def _newton_centre(prior_fn, u0, parallax, error, steps: int, shift=0.0):
+    """Gauss-Newton steps towards the mode of likelihood x prior in u (the likelihood taken
+    at ``u + shift``); returns (centre, width).
+
+    Both are returned under ``stop_gradient``. Where the nodes sit does not change the
+    integral (only the quadrature error, < 0.003 nat per catalog), so gradients taken with
+    the nodes held still differ from the exact ones by about 1e-4 relative. That halves the
+    cost of a gradient (no back-propagation through the Newton steps). The sampler stays
+    exact: the potential's value is untouched, and leapfrog steps with a slightly
+    non-conservative force are still reversible and volume-preserving, so the accept
+    step corrects for it."""
+    import jax
     import jax.numpy as jnp
 
     def curvature_and_step(u):
-        _, dl, hl = _log_like_u(u, parallax, error)
+        _, dl, hl = _log_like_u(u, parallax, error, shift)
         _, dp, hp = prior_fn(u)
         h = hl + hp
         return h, jnp.clip((dl + dp) / h, -1.0, 1.0)
@@ -430,7 +451,7 @@ def _newton_centre(prior_fn, u0, parallax, error, steps: int):
         _, step = curvature_and_step(u)
         u = u + step
     h, _ = curvature_and_step(u)
-    return u, 1.0 / jnp.sqrt(h)
+    return jax.lax.stop_gradient(u), jax.lax.stop_gradient(1.0 / jnp.sqrt(h))
 
 
 def _gh_terms(log_integrand, centre, width, num_nodes: int):
@@ -447,10 +468,10 @@ def _gh_terms(log_integrand, centre, width, num_nodes: int):
 class _Terms:
     """One star-by-node quadrature of both components for one set of globals.
 
-    ``cluster_u``/``cluster_terms`` (stars, nodes): nodes in u and log terms of the cluster
-    integral (for the heavy-tailed profile the components' nodes side by side, each with its
-    log weight); ``field_u``/``field_terms`` the same for the field; ``cluster_rules``: per
-    heavy-tail component (centre, width, size) for drawing.
+    ``cluster_v``/``cluster_terms`` (stars, nodes): nodes in ``v = u - cluster_shift`` (log
+    parallax relative to the cluster's, see :func:`_log_prior_v`) and log terms of the
+    cluster integral (for the heavy-tailed profile the components' nodes side by side, each
+    with its log weight); ``field_u``/``field_terms`` the same for the field, in u.
     """
 
     def __init__(self, parallax, error, profile, distance, size, scale, cluster_nodes, field_nodes):
@@ -463,17 +484,18 @@ class _Terms:
         else:
             sizes = size
         self.sizes = sizes
+        shift = jnp.log(1000.0 / distance)
+        self.cluster_shift = shift
 
-        def cluster_prior(u, sz=sizes):
-            return _log_prior_u(u, base, distance, sz)
+        def cluster_prior(v, sz=sizes):
+            return _log_prior_v(v, base, distance, sz)
 
         def field_prior(u):
             return _log_field_u(u, scale)
 
         self.cluster_prior = cluster_prior
         self.field_prior = field_prior
-        u_cluster0 = jnp.log(1000.0 / distance) + 0 * w
-        cc, cw = _newton_centre(cluster_prior, u_cluster0, w, s, steps=3)
+        cc, cw = _newton_centre(cluster_prior, 0 * w, w, s, steps=3, shift=shift)
         # Field: start from the precision-weighted mean of the prior mode (r = 3L, curvature
         # 3) and the measured parallax (width error/parallax in u) when it is positive.
         u_prior = jnp.log(1000.0 / (3.0 * scale))
@@ -483,16 +505,16 @@ class _Terms:
         self.cluster_centre, self.cluster_width = cc, cw
         self.field_centre, self.field_width = fc, fw
 
-        def like(u):
-            return _log_like_u(u, w[..., None], s[..., None])[0]
+        def like(u, shift=0.0):
+            return _log_like_u(u, w[..., None], s[..., None], shift)[0]
 
-        cu, ct = _gh_terms(lambda u: like(u) + cluster_prior(u[...], sizes[..., None] if profile == "student"
-                                                              else sizes)[0], cc, cw, cluster_nodes)
+        cv, ct = _gh_terms(lambda v: like(v, shift) + cluster_prior(v, sizes[..., None] if profile == "student"
+                                                                    else sizes)[0], cc, cw, cluster_nodes)
         if profile == "student":  # (K, N, n) -> (N, K n), each component weighted 1/K
-            k = cu.shape[0]
-            cu = jnp.moveaxis(cu, 0, 1).reshape(w.shape[0], -1)
+            k = cv.shape[0]
+            cv = jnp.moveaxis(cv, 0, 1).reshape(w.shape[0], -1)
             ct = jnp.moveaxis(ct - math.log(k), 0, 1).reshape(w.shape[0], -1)
-        self.cluster_u, self.cluster_terms = cu, ct
+        self.cluster_v, self.cluster_terms = cv, ct
         self.field_u, self.field_terms = _gh_terms(lambda u: like(u) + field_prior(u)[0], fc, fw, field_nodes)
 
 
@@ -575,7 +597,7 @@ def _star_moments(w, s, profile, distance, size, fraction, scale, offset):
         r = 1000.0 * jnp.exp(-u)
         return (weights * r).sum(-1), (weights * r**2).sum(-1)
 
-    m1c, m2c = moments(t.cluster_u, t.cluster_terms)
+    m1c, m2c = moments(t.cluster_v + t.cluster_shift, t.cluster_terms)
     m1f, m2f = moments(t.field_u, t.field_terms)
     return member, member * m1c + (1 - member) * m1f, member * m2c + (1 - member) * m2f
 
@@ -604,12 +626,15 @@ def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, grid
     base = "gaussian" if profile == "student" else profile
     # Inverse CDF on a fine grid of +-10 Laplace widths about the chosen component's centre
     # (trapezoid cells, linear within a cell).
+    # Members' grid is in v (log parallax relative to the cluster's), the field's in u.
     grid = jnp.linspace(-10.0, 10.0, grid_points)
     centre = jnp.where(is_member, cc, t.field_centre)
     width = jnp.where(is_member, cw, t.field_width)
-    u = centre[:, None] + width[:, None] * grid
-    prior_c = _log_prior_u(u, base, distance, size_c[:, None] if profile == "student" else size_c)[0]
-    logp = jnp.where(is_member[:, None], prior_c, t.field_prior(u)[0]) + _log_like_u(u, wc[:, None], s[:, None])[0]
+    x = centre[:, None] + width[:, None] * grid
+    shift = jnp.where(is_member, t.cluster_shift, 0.0)[:, None]
+    prior_c = _log_prior_v(x, base, distance, size_c[:, None] if profile == "student" else size_c)[0]
+    logp = (jnp.where(is_member[:, None], prior_c, t.field_prior(x)[0])
+            + _log_like_u(x, wc[:, None], s[:, None], shift)[0])
     dens = jnp.exp(logp - logp.max(axis=1, keepdims=True))
     cells = 0.5 * (dens[:, 1:] + dens[:, :-1])
     cdf = jnp.concatenate([jnp.zeros((w.shape[0], 1)), jnp.cumsum(cells, axis=1)], axis=1)
@@ -619,8 +644,8 @@ def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, grid
     lo = jnp.take_along_axis(cdf, idx[:, None], 1)[:, 0]
     hi = jnp.take_along_axis(cdf, idx[:, None] + 1, 1)[:, 0]
     frac = jnp.clip((v - lo) / jnp.maximum(hi - lo, 1e-30), 0.0, 1.0)
-    u_draw = jnp.take_along_axis(u, idx[:, None], 1)[:, 0] + frac * (u[:, 1] - u[:, 0])
-    return member, 1000.0 * jnp.exp(-u_draw), is_member
+    x_draw = jnp.take_along_axis(x, idx[:, None], 1)[:, 0] + frac * (x[:, 1] - x[:, 0])
+    return member, 1000.0 * jnp.exp(-(x_draw + shift[:, 0])), is_member
 
 
 def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *, profile="lognormal",
@@ -702,8 +727,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     if progress:
         _print_selection(loaded.metadata)
     overrides: dict[str, Any] = {}
-    if prepared.method == "nuts" and "dense_mass" not in prepared.options:
-        overrides["dense_mass"] = True
+    if prepared.method == "nuts":
+        overrides = {k: v for k, v in NUTS_SETTINGS.items() if k not in prepared.options}
     result = prepared.sample_model(progress=progress, **overrides)
     posterior = result.idata.posterior
     draws = {k: np.asarray(posterior[k]) for k in GLOBALS if k in posterior}
