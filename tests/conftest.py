@@ -42,8 +42,15 @@ def run_cli(capsys, monkeypatch):
     """Run the CLI in this process through ``astroinfer.cli.main``: (exit code, stdout, stderr)."""
     from astroinfer.cli import main
 
-    # main() may add to XLA_FLAGS; monkeypatch restores it afterwards.
+    # main() may add to XLA_FLAGS and sets the compilation-cache variables; monkeypatch
+    # restores them afterwards, so they do not leak into later tests' subprocesses.
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:  # record it as absent (delenv alone records nothing for an absent name)
+            monkeypatch.setenv(name, "")
+            monkeypatch.delenv(name)
 
     def run(*args: str):
         capsys.readouterr()
