@@ -158,3 +158,19 @@ def test_same_seed_gives_identical_draws(method):
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(astroinfer.OptionError, match=message):
         astroinfer.sample(gamma_poisson, dict(counts=jnp.asarray(COUNTS)), **kwargs)
+
+
+def test_chain_method_follows_the_devices(monkeypatch):
+    """A device per chain: parallel; one accelerator: vectorised; one CPU device: sequential;
+    an explicit choice always wins."""
+    from astroinfer.engine import nuts
+
+    monkeypatch.setattr(nuts.jax, "local_device_count", lambda: 2)
+    assert nuts.chain_method_for(2) == "parallel"
+    assert nuts.chain_method_for(1) == "sequential"
+    monkeypatch.setattr(nuts.jax, "local_device_count", lambda: 1)
+    monkeypatch.setattr(nuts.jax, "default_backend", lambda: "gpu")
+    assert nuts.chain_method_for(4) == "vectorized"
+    assert nuts.chain_method_for(4, "sequential") == "sequential"
+    monkeypatch.setattr(nuts.jax, "default_backend", lambda: "cpu")
+    assert nuts.chain_method_for(4) == "sequential"
