@@ -219,13 +219,19 @@ RUN_OPTIONS = (
     PipelineOption("draws", "posterior draws kept per problem", 100, parse_count(1)),
     PipelineOption("chunk_size", "problems per chunk (the unit of resume and of Dask tasks)", 8192, parse_count(1)),
     PipelineOption("h5parm_out", "the TEC h5parm to write (default: OUT with .h5 replaced by .tec.h5)", None, str),
+    PipelineOption("smooth", "after the per-problem stage, smooth each station's dTEC over time with a Gaussian "
+                   "process (tinygp, Matern-3/2) and flag the problems it calls outliers", False, flag=True),
 )
 
 
 def load(path: str | os.PathLike, *, phase_noise: float = 0.3, dtec_max: float = 1.0, fit_clock: bool = False,
          clock_max: float = 2e-8, ref_ant: str | None = None, solset: str | None = None, soltab: str | None = None,
-         solver: str = "auto", draws: int = 100, chunk_size: int = 8192, h5parm_out: str | None = None) -> PipelineData:
-    """Read an h5parm phase soltab into per-problem arrays (problem = time, ant, dir, pol)."""
+         solver: str = "auto", draws: int = 100, chunk_size: int = 8192, h5parm_out: str | None = None,
+         smooth: bool = False) -> PipelineData:
+    """Read an h5parm phase soltab into per-problem arrays (problem = time, ant, dir, pol).
+
+    ``solver`` to ``smooth`` are run settings (see RUN_OPTIONS), accepted here so that every
+    option of the pipeline can be given to it; reading the file does not use them."""
     from astroinfer.pipelines._h5parm import read_phases
 
     path = Path(path)
@@ -394,7 +400,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     spec = make_spec(model_fn, batched, shared, method, prepared.seed, settings["draws"], chunk, options)
     started, t0 = result_store.utc_now(), time.perf_counter()
     fingerprint = {**spec.fingerprint(), "input_sha256": result_store.file_sha256(prepared.input_path),
-                   "settings": {k: v for k, v in settings.items() if k != "h5parm_out"}}
+                   # Output-side settings do not change what the chunks hold (resume ignores them).
+                   "settings": {k: v for k, v in settings.items() if k not in ("h5parm_out", "smooth")}}
     execution = prepared.execution or {}
     meta = loaded.metadata
     index = meta["_index"]
@@ -408,6 +415,12 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
             part.update(_chunk_extras(part, batched, shared, fit_clock))
             parts[c] = part
         result = to_result(spec, parts, coords)
+        if settings["smooth"]:
+            summ = result.idata.problem_summary
+            group, result.diagnostics["smoothing"] = smoothed_screen(
+                summ["dtec_mode_mean"].values[:, 0], summ["dtec_mode_sd"].values[:, 0], summ["flagged"].values > 0,
+                summ["dtec_num_modes"].values > 1, index, axes, coords)
+            result.idata.add_groups({"smoothed_screen": group})
         result.provenance = result_store.provenance(method=f"batch-{method}", options=fingerprint, seed=prepared.seed,
                                                     started=started, finished=result_store.utc_now(), pipeline=NAME,
                                                     input_path=prepared.input_path)
@@ -426,7 +439,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     A = len(axes["ant"])
     ss, nn = np.zeros(A), np.zeros(A)
     shape = meta["shape"][:4]
-    values = {k: np.zeros(num, np.float64) for k in ("dtec", "dtec_sd", "phi0", "clock", "clock_sd", "multi")}
+    values = {k: np.zeros(num, np.float64) for k in ("dtec", "dtec_sd", "dtec_mode_sd", "phi0", "clock", "clock_sd",
+                                                      "multi")}
     flagged = np.zeros(num, bool)
     codes = []
     for c in range(spec.num_chunks):
@@ -436,6 +450,7 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
         np.add.at(nn, index["ant"][idx], part["extra.residual_n"])
         values["dtec"][idx] = part["dtec.mode_mean"][:, 0]
         values["dtec_sd"][idx] = part["dtec.sd"]
+        values["dtec_mode_sd"][idx] = part["dtec.mode_sd"][:, 0]
         values["phi0"][idx] = part["extra.phi0"]
         values["multi"][idx] = part["dtec.num_modes"] > 1
         if fit_clock:
@@ -452,6 +467,11 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
          "num_multimodal": ("station", per_station_multi.astype(np.int64))},
         coords={"station": np.array(ant_names, dtype=object)})
     _write_solutions(prepared, settings, values, flagged, shape, axes, meta, fit_clock)
+    extra_groups = {"station_summary": stations}
+    smoothing = None
+    if settings["smooth"]:
+        extra_groups["smoothed_screen"], smoothing = smoothed_screen(values["dtec"], values["dtec_mode_sd"], flagged,
+                                                                     values["multi"] > 0, index, axes, coords)
     diagnostics = {
         "num_problems": num, "num_flagged_problems": int(flagged.sum()), "num_multimodal": int(values["multi"].sum()),
         **summary_counts({"method_code": codes}), "chunks_total": spec.num_chunks, "chunks_computed": len(todo),
@@ -460,6 +480,11 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
         "scheduler": execution.get("scheduler"), "h5parm_out": str(_h5parm_path(prepared, settings)),
         "warnings": [],
     }
+    if smoothing is not None:
+        diagnostics["smoothing"] = smoothing
+        if smoothing["hyperparameters_on_grid_edge"]:
+            diagnostics["warnings"].append("smoothing: the chosen GP amplitude or time scale is at the edge of its "
+                                           "search grid; the screen may be too smooth or too rough")
     if diagnostics["problems_grid_unresolved"]:
         diagnostics["warnings"].append(f"{diagnostics['problems_grid_unresolved']} problem(s) not resolved by the grid "
                                        "even after refinement (method_code 3); use --solver auto for nested fallback")
@@ -473,8 +498,57 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     record["load_options"] = dict(prepared.load_options)
     record["execution"] = dict(execution)
     batch.finish(spec.names, coords, result_attrs(f"batch-{method}", diagnostics, record),
-                 extra_groups={"station_summary": stations})
+                 extra_groups=extra_groups)
     return result_store.load(prepared.out)
+
+
+def smoothed_screen(dtec, dtec_sd, flagged, multimodal, index, axes, coords):
+    """The smoothing stage over all problems: one GP series per (ant, dir, pol) over time
+    (:mod:`astroinfer.pipelines._ionosphere_smooth`). Returns the ``smoothed_screen`` group
+    (on the ``problem`` dimension) and its summary for the diagnostics.
+
+    ``dtec`` and ``dtec_sd`` are each problem's solution, the heaviest mode's mean and that
+    mode's sd: a multimodal posterior's overall sd spans its modes, which would hide a wrong
+    mode from the outlier test; with the mode's own width it stands out and is left out."""
+    import xarray as xr
+
+    from astroinfer.pipelines._ionosphere_smooth import smooth_screen
+
+    times = np.asarray(axes["time"], np.float64)
+    order = np.argsort(times, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    sizes = (len(axes["ant"]), len(axes["dir"]), len(axes["pol"]))
+    series = np.ravel_multi_index((index["ant"], index["dir"], index["pol"]), sizes)
+    column = rank[index["time"]]
+    shape = (int(np.prod(sizes)), times.size)
+    grid_values, grid_sd = np.zeros(shape), np.ones(shape)
+    grid_valid = np.zeros(shape, bool)
+    grid_values[series, column] = dtec
+    grid_sd[series, column] = dtec_sd
+    grid_valid[series, column] = ~np.asarray(flagged, bool)
+    screen = smooth_screen(times[order], grid_values, grid_sd, grid_valid)
+    smooth, smooth_sd = screen["mean"][series, column], screen["sd"][series, column]
+    z, outlier = screen["z"][series, column], screen["outlier"][series, column]
+    change = np.abs(smooth - dtec)
+    group = xr.Dataset(
+        {"dtec_smooth": ("problem", smooth, {"units": "TECU", "long_name": "GP-smoothed dTEC (posterior mean)"}),
+         "dtec_smooth_sd": ("problem", smooth_sd, {"units": "TECU"}),
+         "outlier_z": ("problem", z, {"long_name": "leave-one-out residual of the problem's solution / its sd"}),
+         "outlier": ("problem", outlier.astype(np.int8), {"long_name": "|outlier_z| > 3"})},
+        coords={"problem": np.arange(dtec.size), **{k: ("problem", np.asarray(v)) for k, v in coords.items()}})
+    multimodal = np.asarray(multimodal, bool)
+    summary = {
+        "model": "per (ant, dir, pol): dTEC(t) ~ GP(weighted mean, amplitude^2 Matern-3/2(scale)), observed "
+                 "with the per-problem posterior sd; amplitude and scale shared, type-II maximum likelihood on a grid",
+        "amplitude_tecu": screen["amplitude"], "time_scale_s": screen["scale"],
+        "hyperparameters_on_grid_edge": screen["on_grid_edge"],
+        "num_outliers": int(outlier.sum()), "num_multimodal_outliers": int((outlier & multimodal).sum()),
+        "median_change_at_outliers_tecu": float(np.median(change[outlier])) if outlier.any() else 0.0,
+        "median_change_elsewhere_tecu": float(np.median(change[~outlier & ~np.asarray(flagged, bool)]))
+        if (~outlier).any() else 0.0,
+    }
+    return group, summary
 
 
 def _h5parm_path(prepared, settings) -> Path:
@@ -540,6 +614,13 @@ def show(result: "Result") -> str:
     ]
     if diag.get("h5parm_out"):
         lines.append(f"solutions h5parm: {diag['h5parm_out']} (sol000/tec000)")
+    sm = diag.get("smoothing")
+    if sm:
+        lines.append(f"smoothing (GP over time): amplitude {sm['amplitude_tecu']:.3g} TECU, time scale "
+                     f"{sm['time_scale_s']:.3g} s; {sm['num_outliers']} outlier(s) (|leave-one-out z| > 3; "
+                     f"{sm['num_multimodal_outliers']} multimodal), median change "
+                     f"{sm['median_change_at_outliers_tecu']:.3g} TECU there, "
+                     f"{sm['median_change_elsewhere_tecu']:.3g} TECU elsewhere (group smoothed_screen)")
     text = _station_text(result)
     return "\n".join(lines + ([text] if text else []))
 
