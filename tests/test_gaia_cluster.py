@@ -430,6 +430,14 @@ SBC_STARS = 300
 SBC_SEED = 2026
 
 
+def _prior_draw(rng, prior):
+    """Globals drawn from the model's prior (``prior_settings``), no parallax offset."""
+    return {"cluster_distance": float(np.exp(rng.normal(np.log(prior["distance_centre"]), prior["distance_width"]))),
+            "cluster_size": float(np.exp(rng.normal(np.log(prior["size_centre"]), prior["size_width"]))),
+            "member_fraction": float(rng.uniform()),
+            "field_scale": float(np.exp(rng.normal(np.log(prior["field_centre"]), prior["field_width"])))}
+
+
 def _sbc_fits(num_catalogs, num_stars, warmup=300, draws=300, seed=2024):
     """Truths drawn from the model's prior (centre 800 pc, no offset), a catalog simulated
     from each, and NUTS (BlackJAX, dense mass matrix, window adaptation) on the pipeline
@@ -447,10 +455,7 @@ def _sbc_fits(num_catalogs, num_stars, warmup=300, draws=300, seed=2024):
     names = ("cluster_distance", "cluster_size", "member_fraction", "field_scale")
     truths, ws, ss = [], [], []
     for _ in range(num_catalogs):
-        truth = {"cluster_distance": float(np.exp(rng.normal(np.log(prior["distance_centre"]), prior["distance_width"]))),
-                 "cluster_size": float(np.exp(rng.normal(np.log(prior["size_centre"]), prior["size_width"]))),
-                 "member_fraction": float(rng.uniform()),
-                 "field_scale": float(np.exp(rng.normal(np.log(prior["field_centre"]), prior["field_width"])))}
+        truth = _prior_draw(rng, prior)
         stars = gc.simulate_catalog(rng, num_stars, truth)
         truths.append(truth)
         ws.append(stars["parallax"])
@@ -507,10 +512,7 @@ def _conditional_distance_coverage(num_catalogs, seed):
     rng = np.random.default_rng(seed)
     covered, z = [], []
     for _ in range(num_catalogs):
-        truth = {"cluster_distance": float(np.exp(rng.normal(np.log(prior["distance_centre"]), prior["distance_width"]))),
-                 "cluster_size": float(np.exp(rng.normal(np.log(prior["size_centre"]), prior["size_width"]))),
-                 "member_fraction": float(rng.uniform()),
-                 "field_scale": float(np.exp(rng.normal(np.log(prior["field_centre"]), prior["field_width"])))}
+        truth = _prior_draw(rng, prior)
         stars = gc.simulate_catalog(rng, SBC_STARS, truth)
         members = int(stars["member"].sum())
         if members < 5:  # no cluster to speak of: the posterior reaches past any local grid
