@@ -488,7 +488,7 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     if diagnostics["problems_grid_unresolved"]:
         diagnostics["warnings"].append(f"{diagnostics['problems_grid_unresolved']} problem(s) not resolved by the grid "
                                        "even after refinement (method_code 3); use --solver auto for nested fallback")
-    if diagnostics["problems_nested"]:
+    if diagnostics["problems_nested"] and solver != "nested":  # a fallback, not what was asked for
         diagnostics["warnings"].append(f"{diagnostics['problems_nested']} problem(s) were not resolved by the grid and "
                                        "were nested-sampled instead (method_code 2)")
     record = result_store.provenance(method=f"batch-{method}", options=fingerprint, seed=prepared.seed,
