@@ -176,7 +176,7 @@ class BatchStore:
                 for cname, values in coords.items():
                     values = np.asarray(values)
                     _create(summ, cname, ("problem",), values)
-                summ.attrs["method_code_meaning"] = "0 grid, 1 refined grid, 2 nested sampling, 3 unresolved grid"
+                summ.attrs["method_code_meaning"] = "0 grid, 1 refined grid, 2 nested sampling, 3 unresolved grid, 4 NUTS"
                 for index in range(self.num_chunks):
                     part = first if index == 0 else self.read_chunk(index)
                     idx = part["problem_index"]

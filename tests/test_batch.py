@@ -175,19 +175,158 @@ def test_unresolved_problems_fall_back_to_nested_sampling_and_say_so():
     assert np.all(np.abs(s.dtec_mean.values - np.array([t[1] for t in truth])) < 0.5 * sd)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model_name", ["model_dtec", "model_dtec_phi0"])
-def test_batched_nested_sampler_matches_the_grid(model_name):
-    """The vmapped nested sampler on the dTEC model (phi0 marginal or sampled) vs brute force."""
-    data, shared, _ = simulate_problems(32, 1.5, seed=11)
-    model = getattr(iono, model_name)
-    res = astroinfer.sample_batch(model, data, method="nested", seed=0, shared=shared, num_draws=50, chunk_size=32)
+def exact_marginal(phase: np.ndarray, kappa: float, n_dtec: int = 6001):
+    """dTEC marginal posterior on a dense float64 grid (phi0 integrated analytically, scipy's
+    i0e) and the log-evidence: nodes, normalised node masses, log Z."""
+    d = np.linspace(-DTEC_MAX, DTEC_MAX, n_dtec)
+    a = iono.TEC_CONSTANT / FREQ.astype(np.float64)
+    s = np.abs(np.exp(-1j * np.outer(d, a)) @ (kappa * np.exp(1j * phase.astype(np.float64))))
+    ll = np.log(i0e(s)) + s - FREQ.size * (np.log(2 * np.pi) + np.log(i0e(kappa)) + kappa)
+    tw = np.full(n_dtec, d[1] - d[0])
+    tw[[0, -1]] *= 0.5
+    lp = ll + np.log(tw) - np.log(2 * DTEC_MAX)
+    log_z = logsumexp(lp)
+    return d, np.exp(lp - log_z), log_z
+
+
+def separated_modes(x: np.ndarray, w: np.ndarray, dip: float = 0.7, cuts_only: bool = False):
+    """Modes of a marginal given on nodes, merging basins whose separating minimum is not
+    below ``dip`` times the lower of the two peaks (a loop, independent of the engine's
+    vectorised version, which uses dip 0.7): (mass, location, sd) heaviest first."""
+    n = x.size
+    cuts = []
+    for i in range(1, n - 1):
+        if not (w[i] <= w[i - 1] and w[i] < w[i + 1]):
+            continue
+        peak_left = peak_right = 0.0
+        j = i - 1
+        while j >= 0 and w[j] >= w[i]:
+            peak_left, j = max(peak_left, w[j]), j - 1
+        j = i + 1
+        while j < n and w[j] >= w[i]:
+            peak_right, j = max(peak_right, w[j]), j + 1
+        if w[i] < dip * min(peak_left, peak_right):
+            cuts.append(i)
+    if cuts_only:
+        return cuts
+    modes = []
+    for lo, hi in zip([0] + cuts, cuts + [n]):
+        seg_w, seg_x = w[lo:hi], x[lo:hi]
+        mass = seg_w.sum()
+        mean = np.sum(seg_w * seg_x) / mass
+        modes.append((mass, seg_x[np.argmax(seg_w)], np.sqrt(np.sum(seg_w * (seg_x - mean) ** 2) / mass)))
+    return sorted(modes, reverse=True)
+
+
+NESTED_PROBLEMS = 64
+
+
+@pytest.fixture(scope="module", params=[0.3, 1.5], ids=["noise0.3", "noise1.5"])
+def nested_vs_truth(request):
+    """The batched nested sampler on the dTEC model, 64 problems, against the exact marginal.
+
+    1000 live points: the log-evidence error of nested sampling is about sqrt(1.44 H / n)
+    (H the information in nats, 1.44 from deleting half the live points at once); at noise
+    0.3, H is about 5.5 nats, so the default 600 live points give an rms of about 0.105.
+    """
+    noise = request.param
+    data, shared, _ = simulate_problems(NESTED_PROBLEMS, noise, seed=31 + int(10 * noise))
+    res = astroinfer.sample_batch(iono.model_dtec, data, method="nested", seed=2, shared=shared, num_draws=200,
+                                  chunk_size=NESTED_PROBLEMS, num_live_points=1000)
+    truth = [exact_marginal(data["phase"][i], float(shared["kappa"])) for i in range(NESTED_PROBLEMS)]
+    return noise, res, truth
+
+
+def test_nested_evidence_matches_the_exact_marginal(nested_vs_truth):
+    noise, res, truth = nested_vs_truth
     s = res.idata.problem_summary
-    truth = [brute_force(data["phase"][i], float(shared["kappa"])) for i in range(32)]
-    err = s.log_evidence.values - np.array([t[0] for t in truth])
-    assert np.mean(np.abs(err)) <= 0.1 + 0.05 * (model_name == "model_dtec_phi0"), err
-    sd = np.array([t[2] for t in truth])
-    assert np.median(np.abs(s.dtec_mean.values - np.array([t[1] for t in truth])) / sd) < 0.15
+    err = s.log_evidence.values - np.array([t[2] for t in truth])
+    assert np.mean(np.abs(err)) <= 0.1 and np.sqrt(np.mean(err**2)) <= 0.1, (noise, err)
+    assert abs(np.mean(err)) <= 0.05, (noise, np.mean(err))  # no bias beyond its standard error
+    # The reported error is the actual one: standardised errors have an rms near one.
+    z = err / s.log_evidence_err.values
+    assert 0.6 <= np.sqrt(np.mean(z**2)) <= 1.5, (noise, np.sqrt(np.mean(z**2)))
+    assert np.all(s.method_code.values == 2)
+
+
+def test_nested_means_and_every_mode_match_the_exact_marginal(nested_vs_truth):
+    noise, res, truth = nested_vs_truth
+    s = res.idata.problem_summary
+    z, mass_err, level_err, multimodal = [], [], [], 0
+    for i, (x, w, _) in enumerate(truth):
+        mean = np.sum(w * x)
+        sd = np.sqrt(np.sum(w * (x - mean) ** 2))
+        z.append((s.dtec_mean.values[i] - mean) / sd)
+        assert abs(s.dtec_sd.values[i] / sd - 1) < 0.15, (noise, i, s.dtec_sd.values[i], sd)
+        # Quantiles, checked on the probability scale (a quantile in the gap between two
+        # modes moves far when a mode's mass shifts a little).
+        levels = np.interp(s.dtec_quantiles.values[i], x, np.cumsum(w) - 0.5 * w)
+        level_err.append(np.abs(levels - np.asarray(s.coords["quantile"].values)))
+        # Truth modes: basins between clear dips (below half the lower peak). The engine
+        # splits at dips below 0.7, so it may report a truth mode as several: compare the
+        # summed mass of the engine's modes that lie in each truth basin.
+        cuts = separated_modes(x, w, 0.5, cuts_only=True)
+        locs, masses = s.dtec_mode_location.values[i], s.dtec_mode_mass.values[i]
+        found = 0
+        for lo, hi in zip([0] + cuts, cuts + [x.size]):
+            mass = w[lo:hi].sum()
+            if mass <= 0.05:
+                continue
+            found += 1
+            inside = (locs >= x[lo]) & (locs <= x[hi - 1])
+            assert np.any(inside), (noise, i, x[lo], x[hi - 1], locs)  # every mode is found ...
+            mass_err.append(abs(masses[inside].sum() - mass))
+        multimodal += found > 1
+    z, mass_err, level_err = np.abs(np.array(z)), np.array(mass_err), np.array(level_err)
+    # Quantiles move with the mode masses: as close on the probability scale.
+    assert np.mean(level_err) <= 0.02 and np.max(level_err) <= 0.08, (noise, level_err.max(axis=1))
+    assert np.mean(z) <= 0.05 and np.mean(z <= 0.1) >= 0.9 and np.max(z) <= 0.25, (noise, z)
+    # ... with its mass: the mass of a mode found by n live points scatters by about
+    # sqrt(p (1 - p) / n) and the histogram adds a little.
+    assert np.mean(mass_err) <= 0.03 and np.mean(mass_err <= 0.05) >= 0.9, (noise, mass_err)
+    if noise == 1.5:
+        assert multimodal >= 15, multimodal
+
+
+def test_nested_draws_follow_the_posterior(nested_vs_truth):
+    noise, res, truth = nested_vs_truth
+    draws = res.idata.posterior["dtec"].values[0]  # (draw, problem)
+    ks = []
+    for i, (x, w, _) in enumerate(truth):
+        cdf = np.cumsum(w)
+        u = np.interp(draws[:, i], x, cdf)  # probability integral transform: uniform if right
+        ks.append(np.max(np.abs(np.sort(u) - (np.arange(u.size) + 0.5) / u.size)))
+    # Kolmogorov-Smirnov distance of 200 draws: 0.096 is the 5 % critical value.
+    assert np.mean(np.array(ks) > 0.096) < 0.2, (noise, ks)
+
+
+def test_nested_results_do_not_depend_on_chunking():
+    data, shared, _ = simulate_problems(24, 1.0, seed=8)
+    kw = dict(method="nested", seed=5, shared=shared, num_draws=20, num_live_points=64)
+    a = astroinfer.sample_batch(iono.model_dtec, data, chunk_size=32, **kw)
+    b = astroinfer.sample_batch(iono.model_dtec, data, chunk_size=16, **kw)
+    sa, sb = a.idata.problem_summary, b.idata.problem_summary
+    np.testing.assert_allclose(sa.log_evidence.values, sb.log_evidence.values, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sa.dtec_mean.values, sb.dtec_mean.values, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.idata.posterior["dtec"].values, b.idata.posterior["dtec"].values, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("noise", [0.3, 1.5])
+def test_nested_with_phi0_sampled_matches_the_exact_evidence(noise):
+    """dTEC and phi0 both sampled (two parameters, phi0 periodic but not declared so): the
+    evidence equals the phi0-marginal one, computed exactly. The moves mix less well along
+    the tilted (dTEC, phi0) ridges than in one dimension, so more live points and steps."""
+    data, shared, _ = simulate_problems(48, noise, seed=41)
+    res = astroinfer.sample_batch(iono.model_dtec_phi0, data, method="nested", seed=0, shared=shared, num_draws=20,
+                                  chunk_size=48, num_live_points=2000, num_inner_steps=16)
+    s = res.idata.problem_summary
+    truth = [exact_marginal(data["phase"][i], float(shared["kappa"])) for i in range(48)]
+    err = s.log_evidence.values - np.array([t[2] for t in truth])
+    assert np.mean(np.abs(err)) <= 0.1 and abs(np.mean(err)) <= 0.05, (noise, err)
+    means = np.array([np.sum(w * x) for x, w, _ in truth])
+    sds = np.array([np.sqrt(np.sum(w * (x - m) ** 2)) for (x, w, _), m in zip(truth, means)])
+    assert np.median(np.abs(s.dtec_mean.values - means) / sds) < 0.1
 
 
 @pytest.mark.slow

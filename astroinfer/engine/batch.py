@@ -16,7 +16,10 @@ Methods:
   grid does not resolve are refined, then handed to nested sampling; the method each
   problem ended with is recorded (``method_code``: 0 grid, 1 refined grid, 2 nested,
   3 unresolved grid).
-- ``"nested"``: a vmapped, static-shape nested sampler (:mod:`astroinfer.engine.batch_nested`).
+- ``"nested"``: a lockstep, static-shape nested sampler for many small problems
+  (:mod:`astroinfer.engine.batch_nested`), any continuous NumPyro model.
+- ``"nuts"``: NUTS with per-problem window adaptation, vmapped over problems and chains
+  (:mod:`astroinfer.engine.batch_nuts`); per-problem R-hat, bulk ESS and divergences, no evidence.
 
 The unit of work is :func:`run_chunk` ``(spec, chunk_index, batched_slice, shared)``: a
 plain function of a picklable :class:`BatchSpec` and numpy arrays, so Dask workers run it
@@ -36,9 +39,9 @@ import numpy as np
 __all__ = ["sample_batch", "BatchSpec", "run_chunk", "make_spec", "iter_results", "to_result",
            "BATCH_METHODS", "METHOD_CODES", "summary_counts"]
 
-BATCH_METHODS = ("grid", "nested")
-METHOD_CODES = {"grid": 0, "grid-refined": 1, "nested": 2, "grid-unresolved": 3}
-DEFAULT_CHUNK = {"kernel": 8192, "generic": 512, "nested": 256}
+BATCH_METHODS = ("grid", "nested", "nuts")
+METHOD_CODES = {"grid": 0, "grid-refined": 1, "nested": 2, "grid-unresolved": 3, "nuts": 4}
+DEFAULT_CHUNK = {"kernel": 8192, "generic": 512, "nested": 256, "nuts": 256}
 
 
 def _ref(obj: Any) -> str | None:
@@ -128,7 +131,7 @@ def make_spec(model: Callable, data: dict[str, Any], shared: dict[str, Any] | No
               num_draws: int, chunk_size: int | None, options: dict[str, Any]) -> BatchSpec:
     """Validate the settings, find the model's parameters, and describe the run."""
     from astroinfer.engine import grid as grid_mod
-    from astroinfer.engine import batch_nested
+    from astroinfer.engine import batch_nested, batch_nuts
     from astroinfer.engine.errors import OptionError
 
     if method not in BATCH_METHODS:
@@ -144,6 +147,8 @@ def make_spec(model: Callable, data: dict[str, Any], shared: dict[str, Any] | No
     if kernel_ref is not None:
         kernel = _resolve(kernel_ref)
     defaults = dict(grid_mod.GRID_DEFAULTS) if method == "grid" else dict(batch_nested.DEFAULTS)
+    if method == "nuts":
+        defaults = dict(batch_nuts.DEFAULTS)
     if method == "grid":
         defaults.update({f"nested_{k}": v for k, v in batch_nested.DEFAULTS.items()})
     unknown = sorted(set(options) - set(defaults))
@@ -154,14 +159,17 @@ def make_spec(model: Callable, data: dict[str, Any], shared: dict[str, Any] | No
     shared = dict(shared or {})
     first = {k: np.asarray(v[0]) for k, v in data.items()}  # v may be an h5py dataset: read one row
     layout = grid_mod.site_layout(model, {**shared, **first}) if method == "grid" else None
-    names = layout.names if layout is not None else batch_nested.latent_names(model, {**shared, **first})
+    latent = batch_nuts.latent_names if method == "nuts" else batch_nested.latent_names  # nuts: scalar sites only
+    names = layout.names if layout is not None else latent(model, {**shared, **first})
+    if method == "nuts":
+        batch_nuts.check_options(merged, int(num_draws))
     if method == "grid":
         grid_mod.check_grid_options(merged)
         if merged["grid_points"] is None:
             merged["grid_points"] = grid_mod.default_points(len(names))
         if kernel is not None:
             grid_mod.check_kernel(model, kernel, first, shared, names)
-    size = chunk_size or DEFAULT_CHUNK["kernel" if kernel is not None else ("generic" if method == "grid" else "nested")]
+    size = chunk_size or DEFAULT_CHUNK["kernel" if kernel is not None else ("generic" if method == "grid" else method)]
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise OptionError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     model_ref = _ref(model) or model
@@ -454,10 +462,15 @@ def run_chunk(spec: BatchSpec, chunk_index: int, batched: dict[str, np.ndarray],
     indices = np.arange(start, stop, dtype=np.int64)
     if spec.method == "grid":
         out = _grid_chunk(spec, batched, shared, indices)
+    elif spec.method == "nuts":
+        from astroinfer.engine import batch_nuts
+
+        out = batch_nuts.run_problems(spec, batched, shared, indices)
+        out["method_code"] = np.full(indices.size, METHOD_CODES["nuts"], np.int8)
     else:
         from astroinfer.engine import batch_nested
 
-        out = batch_nested.run_problems(spec, batched, shared, indices, dict(spec.options))
+        out = batch_nested.run_problems(spec, batched, shared, indices, dict(spec.options), whole_chunk=True)
         out["method_code"] = np.full(indices.size, METHOD_CODES["nested"], np.int8)
     out["problem_index"] = indices
     return out
@@ -502,6 +515,14 @@ def to_result(spec: BatchSpec, parts: dict[int, dict[str, np.ndarray]], coords: 
     idata = az.from_dict(posterior=posterior, dims={n: ["problem"] for n in spec.names})
     idata.add_groups({"problem_summary": summary_dataset(spec, merged, coords or {})})
     diag = {"num_problems": spec.num_problems, **summary_counts(merged), **(diagnostics or {})}
+    if spec.method == "nuts":
+        import warnings
+
+        from astroinfer.engine import ConvergenceWarning, batch_nuts
+
+        diag.update(batch_nuts.overall_diagnostics(merged, spec.names))
+        for message in diag["warnings"]:
+            warnings.warn(message, ConvergenceWarning, stacklevel=3)
     return Result(idata=idata, method=f"batch-{spec.method}", diagnostics=diag, provenance=dict(provenance or {}))
 
 
@@ -524,7 +545,9 @@ def sample_batch(model: Callable, data: dict[str, Any], method: str = "grid", se
         Per-problem arrays, each with a leading problem axis of length B.
     method:
         ``"grid"`` (exact quadrature, at most 3 scalar parameters; ``grid_kernel=`` gives a
-        vectorised likelihood) or ``"nested"`` (batched nested sampling, any continuous model).
+        vectorised likelihood), ``"nested"`` (batched nested sampling, any continuous model)
+        or ``"nuts"`` (batched NUTS with per-problem adaptation and R-hat; scalar latent
+        sites; no evidence).
     seed:
         Problem ``i`` uses ``fold_in(PRNGKey(seed), i)``.
     shared:
@@ -533,7 +556,7 @@ def sample_batch(model: Callable, data: dict[str, Any], method: str = "grid", se
         Posterior draws kept per problem (bounded storage).
     chunk_size:
         Problems per compiled chunk (default 8192 with a grid kernel, 512 generic grid,
-        256 nested).
+        256 nested, 256 nuts).
     scheduler:
         None (in-process), ``"local"`` (a Dask LocalCluster of 2 processes) or a Dask
         scheduler address.
