@@ -165,9 +165,7 @@ def _chunk_function(spec, opts: dict[str, Any], shared_keys: tuple[str, ...], ex
     gamma0 = 2.38 / math.sqrt(2 * ndim)
 
     def log_prior_like(data, flat):
-        # ModelBridge.log_prior_and_likelihood with the problem's data.
-        b = _Bound(bridge, model, data)
-        lp, ll = b.split(flat)
+        lp, ll = bridge.log_prior_and_likelihood(flat, data)
         bad = ~jnp.isfinite(lp) | jnp.isnan(ll)
         return jnp.where(bad, -jnp.inf, lp), jnp.where(bad, -jnp.inf, ll)
 
@@ -433,35 +431,6 @@ def sample_modes(x, w, bins, smooth, centres, max_modes: int, min_mass: float) -
         "mode_sd": jnp.where(valid, jnp.sqrt(jnp.maximum(second[top] / safe - m_mean_c**2, 0.0)), jnp.nan),
         "num_modes": jnp.sum(valid & (top_mass >= min_mass)).astype(jnp.int32),
     }
-
-
-class _Bound:
-    """``ModelBridge.log_prior_and_likelihood`` evaluated with one problem's data."""
-
-    def __init__(self, bridge, model, data):
-        self.bridge, self.model, self.data = bridge, model, data
-
-    def split(self, flat):
-        import jax.numpy as jnp
-        from numpyro import handlers
-        from numpyro.infer.util import _unconstrain_reparam, log_density
-
-        params = self.bridge.unravel(flat)
-        sub = handlers.substitute(self.model, substitute_fn=lambda site: _unconstrain_reparam(params, site))
-        _, trace = log_density(sub, (), self.data, {})
-        lp, ll = jnp.zeros(()), jnp.zeros(())
-        for name, site in trace.items():
-            if site["type"] != "sample":
-                continue
-            v = site["fn"].log_prob(site["value"])
-            if site.get("scale") is not None:
-                v = v * site["scale"]
-            v = jnp.sum(v)
-            if site["is_observed"] and not (name.startswith("_") and name.endswith("_log_det")):
-                ll = ll + v
-            else:
-                lp = lp + v
-        return lp, ll
 
 
 def padded_size(n: int, chunk_size: int, whole_chunk: bool) -> int:

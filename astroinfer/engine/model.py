@@ -93,8 +93,10 @@ class ModelBridge:
         """Log posterior density (up to a constant) in unconstrained space."""
         return -self._potential_tree(self._unravel(flat))
 
-    def log_prior_and_likelihood(self, flat: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(log prior incl. Jacobian, log likelihood) at an unconstrained point.
+    def log_prior_and_likelihood(self, flat: jax.Array, data: dict[str, Any] | None = None
+                                 ) -> tuple[jax.Array, jax.Array]:
+        """(log prior incl. Jacobian, log likelihood) at an unconstrained point, with the
+        bridge's data or, for a batch of problems of one model, another problem's ``data``.
 
         Observed sites and user ``numpyro.factor`` terms are the likelihood; latent sites
         and the Jacobians of the constraining transforms are the prior.
@@ -103,7 +105,7 @@ class ModelBridge:
         substituted = handlers.substitute(
             self.model, substitute_fn=lambda site: _unconstrain_reparam(params, site)
         )
-        _, trace = log_density(substituted, (), self.data, {})
+        _, trace = log_density(substituted, (), self.data if data is None else data, {})
         log_prior = jnp.zeros(())
         log_like = jnp.zeros(())
         for name, site in trace.items():
