@@ -234,6 +234,58 @@ def test_compact_cluster_term_is_right_in_float32(profile):
         assert np.max(np.abs(np.asarray(lc, dtype=np.float64) - limit)[near]) < 0.01, (profile, size)
 
 
+@pytest.mark.parametrize("fit_offset", [False, True])
+def test_field_table_reproduces_the_quadrature(fit_offset):
+    """The tabulated field term (what NUTS uses on CPU) against the same quadrature in
+    float64, per star, at random globals inside the table's domain."""
+    import jax
+    import jax.numpy as jnp
+
+    w, s = _hard_stars()
+    table = gc.field_table(w, s, scale_centre=480.0, fit_offset=fit_offset)
+    coef, domain = jnp.asarray(table["field_table"]), jnp.asarray(table["field_table_domain"])
+    assert float(domain[2]) == pytest.approx(gc.OFFSET_TABLE_HALF_WIDTH if fit_offset else 0.0)
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        log_scale, offset = domain[0] + rng.uniform(-1, 1) * domain[1], rng.uniform(-1, 1) * domain[2]
+        fast = np.asarray(gc._field_from_table(coef, domain, log_scale, offset), dtype=np.float64)
+        with jax.enable_x64(True):
+            _, exact = gc.log_component_marginals(w, s, distance=850.0, size=10.0, scale=float(np.exp(log_scale)),
+                                                  offset=float(offset))
+        exact = np.asarray(exact)
+        # float32 resolution of terms down to -1e4 nat (stars far out in the field's tail)
+        assert np.max(np.abs(fast - exact) / np.maximum(1.0, np.abs(exact))) < 3e-5, (log_scale, offset)
+        assert abs(np.sum(fast - exact)) < 2e-3
+
+
+def test_model_with_field_table_keeps_its_density_and_gradient():
+    """Inside the table's domain the model's density and gradient match the quadrature
+    model's; outside it the model falls back to the quadrature (same to float32 rounding)."""
+    import jax
+    from numpyro.infer.util import log_density
+
+    data = gc.load(DEMO, offset="fit").data
+    tabled = gc.with_field_table(data)
+    centre, half = np.exp(tabled["field_table_domain"][0]), tabled["field_table_domain"][1]
+    assert abs(np.log(centre / json.loads(DEMO_TRUTH.read_text())["truth"]["field_scale"])) < half / 2
+
+    def density(d, scale, offset):
+        def f(x):
+            params = {"cluster_distance": x[0], "cluster_size": x[1], "member_fraction": x[2], "field_scale": x[3],
+                      "parallax_offset": x[4]}
+            return log_density(gc.model, (), d, params)[0]
+        return jax.value_and_grad(f)(np.array([840.0, 12.0, 0.35, scale, offset], dtype=np.float32))
+
+    for scale, offset in ((centre, 0.0), (centre * np.exp(0.3), 0.04), (centre * np.exp(-0.35), -0.05)):
+        (a, ga), (b, gb) = density(tabled, scale, offset), density(data, scale, offset)
+        assert float(a) == pytest.approx(float(b), abs=2e-3)
+        np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=2e-3, atol=1e-3)
+    for scale, offset in ((centre * np.exp(0.5), 0.0), (centre, 0.07)):
+        (a, ga), (b, gb) = density(tabled, scale, offset), density(data, scale, offset)
+        assert float(a) == pytest.approx(float(b), abs=1e-4)
+        np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-5, atol=1e-5)
+
+
 def test_model_density_is_prior_plus_quadrature_likelihood():
     from numpyro.infer.util import log_density
 
@@ -312,7 +364,7 @@ def test_marginal_model_matches_full_latent_reference_on_a_simulated_catalog(tmp
     path = tmp_path / "sim.ecsv"
     gc.simulate(path, seed=5, num_stars=250, truth={"cluster_distance": 700.0, "cluster_size": 20.0})
     data = gc.load(path, offset="off").data
-    marginal = _nuts(gc.model, data, 0, 500, 1500, True)
+    marginal = _nuts(gc.model, gc.with_field_table(data), 0, 500, 1500, True)
     reference = _nuts(gc.reference_model, data, 1, 600, 1500, False)
     _agreement(marginal, reference, ("cluster_distance", "cluster_size", "member_fraction", "field_scale"),
                sd_tol=0.15)
@@ -324,7 +376,7 @@ def test_m67_agrees_with_full_latent_reference():
     """The acceptance check: zero point off, 0.2 < parallax < 3 mas (4300 stars); the
     reference with 500 warmup + 1000 draws x 2 chains (its ESS sets the tolerance)."""
     data = gc.load(M67, zero_point="off", offset="off", parallax_min=0.2, parallax_max=3.0).data
-    marginal = _nuts(gc.model, data, 0, 1000, 2000, True)
+    marginal = _nuts(gc.model, gc.with_field_table(data), 0, 1000, 2000, True)
     reference = _nuts(gc.reference_model, data, 1, 500, 1000, False)
     _agreement(marginal, reference, ("cluster_distance", "cluster_size", "member_fraction", "field_scale"))
 
