@@ -493,7 +493,8 @@ def _prior_draw(rng, prior):
 def _sbc_fits(num_catalogs, num_stars, warmup=300, draws=300, seed=2024):
     """Truths drawn from the model's prior (centre 800 pc, no offset), a catalog simulated
     from each, and NUTS (BlackJAX, dense mass matrix, window adaptation) on the pipeline
-    model's density for each, all in one compiled loop over catalogs."""
+    model's density for each (with its field table, as the pipeline runs it on CPU), all in
+    one compiled loop over catalogs."""
     import functools
 
     import blackjax
@@ -517,10 +518,16 @@ def _sbc_fits(num_catalogs, num_stars, warmup=300, draws=300, seed=2024):
     # peak (the pipeline centres its prior there; here the prior stays fixed, as SBC needs,
     # and only the starting point uses the data), the rest at the prior medians.
     peaks = np.log([gc._distance_peak(w, s) for w, s in zip(ws, ss)])
+    # The density the pipeline samples on CPU: field term tabulated around each catalog's pilot.
+    tables = [gc.with_field_table({"parallax": w, "parallax_error": s, "fit_offset": False, **prior})
+              for w, s in zip(ws, ss)]
+    table = jnp.asarray(np.array([t["field_table"] for t in tables]))
+    domain = jnp.asarray(np.array([t["field_table_domain"] for t in tables]))
 
-    def fit(key, w, s, log_peak):
+    def fit(key, w, s, log_peak, table, domain):
         def logdensity(x):  # potential_energy: unconstrained values in, Jacobians included
-            return -potential_energy(model, (), {"parallax": w, "parallax_error": s}, dict(zip(names, x)))
+            data = {"parallax": w, "parallax_error": s, "field_table": table, "field_table_domain": domain}
+            return -potential_energy(model, (), data, dict(zip(names, x)))
 
         start = [log_peak, jnp.log(prior["size_centre"]), jnp.zeros(()), jnp.log(prior["field_centre"])]
         k1, k2 = jax.random.split(key)
@@ -536,9 +543,9 @@ def _sbc_fits(num_catalogs, num_stars, warmup=300, draws=300, seed=2024):
         return xs, divergent.sum()
 
     keys = jax.random.split(jax.random.PRNGKey(seed), num_catalogs)
-    run = jax.jit(lambda k, w, s, p: jax.lax.map(lambda a: fit(*a), (k, w, s, p), batch_size=4))
+    run = jax.jit(lambda *args: jax.lax.map(lambda a: fit(*a), args, batch_size=4))
     xs, divergences = run(keys, jnp.asarray(np.array(ws), jnp.float32), jnp.asarray(np.array(ss), jnp.float32),
-                          jnp.asarray(peaks, jnp.float32))
+                          jnp.asarray(peaks, jnp.float32), table, domain)
     xs = np.asarray(xs, dtype=np.float64)
     draws = {"cluster_distance": np.exp(xs[..., 0]), "cluster_size": np.exp(xs[..., 1]),
              "member_fraction": 1 / (1 + np.exp(-xs[..., 2])), "field_scale": np.exp(xs[..., 3])}
