@@ -15,7 +15,9 @@ from the rate (a warm-up chunk runs first) and reported apart.
 Batched nested sampling (``--nested-sizes``, default 10^3 and 10^4 problems) runs on the dTEC
 model with phi0 integrated analytically (``dtec``: one sampled parameter, the model the
 pipeline uses) and with phi0 sampled (``dtec_phi0``: two parameters); rates are given per
-wall-clock second and per CPU-second (problems / process CPU time, both cores counted).
+wall-clock second and per CPU-second (problems / process CPU time, both cores counted), with
+the sampler's defaults or the options given as JSON with ``--nested-options`` (e.g.
+``'{"num_importance": 0, "num_live_points": 600}'``: no importance-sampling refinement).
 
 Accuracy: log-evidence against a float64 quadrature with 20001 dTEC nodes (phi0 analytic,
 scipy's i0e) on the first 200 problems. Reference samplers (jaxns 3.0 and dynesty 3.1 need
@@ -109,7 +111,7 @@ class _Rows:
 
 
 # -- one configuration, in its own process --------------------------------------------------
-def worker(model_name: str, method: str, num: int, data_file: str, out: str) -> None:
+def worker(model_name: str, method: str, num: int, data_file: str, out: str, nested_options: str = "{}") -> None:
     import resource
 
     import h5py
@@ -129,7 +131,7 @@ def worker(model_name: str, method: str, num: int, data_file: str, out: str) -> 
             shared["clock_max"] = np.float32(2e-8)
         batched = {"phase": _Rows(f["phase"], num), "weight": _Rows(f["weight"], num)}
         model = {"dtec": iono.model_dtec, "dtec_phi0": iono.model_dtec_phi0, "dtec_clock": iono.model_dtec_clock}[model_name]
-        options = {}
+        options = json.loads(nested_options) if method == "nested" else {}
         if method == "grid":
             kernel = "DTEC_CLOCK_KERNEL" if model_name == "dtec_clock" else "DTEC_KERNEL"
             options = {"grid_kernel": f"astroinfer.pipelines.ionosphere:{kernel}", "nested_fallback": False}
@@ -161,7 +163,7 @@ def worker(model_name: str, method: str, num: int, data_file: str, out: str) -> 
             truth = np.array([exact_log_z(f["phase"][i], kappa) for i in range(log_z.size)])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     err = (log_z - truth) if truth is not None else None
-    record = {"model": model_name, "method": method, "problems": num, "wall_s": wall, "cpu_s": cpu,
+    record = {"model": model_name, "method": method, "options": options, "problems": num, "wall_s": wall, "cpu_s": cpu,
               "compile_s": compile_s, "rate": num / wall, "rate_per_cpu_s": num / max(cpu, 1e-9),
               "peak_rss_mb": peak_mb, "extrapolated_2.9M_s": PROBLEMS_TARGET / (num / wall),
               "method_codes": codes.tolist(), "chunk": chunk,
@@ -240,13 +242,17 @@ def _version(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
+                        help="problem counts for the dTEC grid (none: skip)")
     parser.add_argument("--clock-size", type=int, default=10_000, help="problems for the dTEC + clock grid (0: skip)")
     parser.add_argument("--nested-sizes", type=int, nargs="*", default=[1000, 10_000],
                         help="problem counts for the batched nested sampler (none: skip)")
     parser.add_argument("--nested-models", nargs="*", default=["dtec", "dtec_phi0"], choices=["dtec", "dtec_phi0"],
                         help="models for the batched nested sampler: dTEC with phi0 integrated analytically "
                              "(1 sampled parameter) and/or phi0 sampled (2 parameters)")
+    parser.add_argument("--nested-options", default="{}",
+                        help='options of the batched nested sampler as JSON, e.g. \'{"num_importance": 0, '
+                             '"num_live_points": 600}\' (default: its defaults)')
     parser.add_argument("--reference-python", default=None, help="interpreter with jaxns and dynesty installed")
     parser.add_argument("--subset", type=int, default=100, help="problems for the reference samplers (0: skip)")
     parser.add_argument("--reference-timeout", type=float, default=1500)
@@ -269,7 +275,8 @@ def main() -> None:
             plan.extend(("dtec" if model_name == "dtec" else "dtec_phi0", "nested", n, data) for n in args.nested_sizes)
         for model_name, method, num, file in plan:
             out = tmp / f"{model_name}-{method}-{num}.json"
-            proc = subprocess.run([sys.executable, __file__, "_worker", model_name, method, str(num), str(file), str(out)],
+            proc = subprocess.run([sys.executable, __file__, "_worker", model_name, method, str(num), str(file), str(out),
+                                   args.nested_options],
                                   env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{model_name} {method} {num}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -285,6 +292,8 @@ def main() -> None:
                    f"{r['log_z_err_mean_abs']:.2e} / {r['log_z_err_rms']:.2e} / {r['log_z_err_max']:.2e}")
             print(f"{r['model']:11s} {r['method']:7s} {r['problems']:8d} {r['rate']:11.1f} {r['rate_per_cpu_s']:10.1f} "
                   f"{r['extrapolated_2.9M_s'] / 60:14.1f} min {r['peak_rss_mb']:7.0f} MB {r['compile_s']:6.1f} s  {err}")
+        if args.nested_options != "{}" and args.nested_sizes:
+            print(f"(batched nested options: {args.nested_options})")
 
         # Reference samplers on a subset: sequential, one problem after another.
         if not args.subset:
@@ -338,7 +347,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
-        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
+        worker(*sys.argv[2:4], int(sys.argv[4]), *sys.argv[5:8])
     elif len(sys.argv) > 1 and sys.argv[1] == "_reference":
         reference(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

@@ -223,16 +223,16 @@ NESTED_PROBLEMS = 64
 
 @pytest.fixture(scope="module", params=[0.3, 1.5], ids=["noise0.3", "noise1.5"])
 def nested_vs_truth(request):
-    """The batched nested sampler on the dTEC model, 64 problems, against the exact marginal.
-
-    1000 live points: the log-evidence error of nested sampling is about sqrt(1.44 H / n)
-    (H the information in nats, 1.44 from deleting half the live points at once); at noise
-    0.3, H is about 5.5 nats, so the default 600 live points give an rms of about 0.105.
+    """The batched nested sampler on the dTEC model, 64 problems, against the exact marginal,
+    with its defaults: 200 live points and the importance-sampling refinement. (The nested
+    run alone would give an rms of about sqrt(1.44 H / 200) ~ 0.19 nat at noise 0.3, where
+    the information H is about 5.5 nats; measured with the refinement: 0.031 at noise 0.3,
+    0.023 at 1.5, dTEC means within 0.027 sd on average, mode masses within 0.042.)
     """
     noise = request.param
     data, shared, _ = simulate_problems(NESTED_PROBLEMS, noise, seed=31 + int(10 * noise))
     res = astroinfer.sample_batch(iono.model_dtec, data, method="nested", seed=2, shared=shared, num_draws=200,
-                                  chunk_size=NESTED_PROBLEMS, num_live_points=1000)
+                                  chunk_size=NESTED_PROBLEMS)
     truth = [exact_marginal(data["phase"][i], float(shared["kappa"])) for i in range(NESTED_PROBLEMS)]
     return noise, res, truth
 
@@ -311,22 +311,73 @@ def test_nested_results_do_not_depend_on_chunking():
     np.testing.assert_allclose(a.idata.posterior["dtec"].values, b.idata.posterior["dtec"].values, atol=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("noise", [0.3, 1.5])
 def test_nested_with_phi0_sampled_matches_the_exact_evidence(noise):
-    """dTEC and phi0 both sampled (two parameters, phi0 periodic but not declared so): the
-    evidence equals the phi0-marginal one, computed exactly. The moves mix less well along
-    the tilted (dTEC, phi0) ridges than in one dimension, so more live points and steps."""
+    """dTEC and phi0 both sampled (two parameters, phi0 periodic but not declared so), with
+    the defaults (200 live points and the importance-sampling refinement): the evidence
+    equals the phi0-marginal one, computed exactly. The nested run alone would be off by
+    about sqrt(1.44 H / 200) ~ 0.2 nat here; the refinement brings the rms under 0.1."""
     data, shared, _ = simulate_problems(48, noise, seed=41)
     res = astroinfer.sample_batch(iono.model_dtec_phi0, data, method="nested", seed=0, shared=shared, num_draws=20,
-                                  chunk_size=48, num_live_points=2000, num_inner_steps=16)
+                                  chunk_size=48)
     s = res.idata.problem_summary
     truth = [exact_marginal(data["phase"][i], float(shared["kappa"])) for i in range(48)]
-    err = s.log_evidence.values - np.array([t[2] for t in truth])
-    assert np.mean(np.abs(err)) <= 0.1 and abs(np.mean(err)) <= 0.05, (noise, err)
+    log_z_true = np.array([t[2] for t in truth])
+    err = s.log_evidence.values - log_z_true
+    assert np.sqrt(np.mean(err**2)) <= 0.1 and abs(np.mean(err)) <= 0.05, (noise, err)
+    assert 0.6 <= np.sqrt(np.mean((err / s.log_evidence_err.values) ** 2)) <= 1.5, (noise, err, s.log_evidence_err.values)
+    # The importance estimate alone beats the nested one alone (which it is combined with).
+    err_is = s.importance_log_evidence.values - log_z_true
+    err_ns = s.nested_log_evidence.values - log_z_true
+    assert np.sqrt(np.mean(err_is**2)) < np.sqrt(np.mean(err_ns**2)), (noise, err_is, err_ns)
     means = np.array([np.sum(w * x) for x, w, _ in truth])
     sds = np.array([np.sqrt(np.sum(w * (x - m) ** 2)) for (x, w, _), m in zip(truth, means)])
-    assert np.median(np.abs(s.dtec_mean.values - means) / sds) < 0.1
+    z = np.abs(s.dtec_mean.values - means) / sds
+    assert np.median(z) < 0.1 and np.max(z) < 0.5, (noise, z)
+
+
+def test_importance_refinement_on_gaussians_with_a_known_evidence():
+    """A generic model (unbounded coordinates, a normal prior; nothing of the ionosphere):
+    (a, b) ~ N(0, 3^2 I_2), y ~ N((a, b), 0.5^2 I_2), so Z = N(y; 0, (9 + 0.25) I_2) and the posterior
+    mean is y 9 / 9.25 exactly. The refinement's estimate is unbiased and its reported error
+    is the actual one."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    def gaussian_model(y):
+        a = numpyro.sample("a", dist.Normal(0.0, 3.0))
+        b = numpyro.sample("b", dist.Normal(0.0, 3.0))
+        numpyro.sample("obs", dist.Normal(jnp.stack([a, b]), 0.5).to_event(1), obs=y)
+
+    rng = np.random.default_rng(7)
+    num = 64
+    y = (rng.normal(0, 3, (num, 2)) + rng.normal(0, 0.5, (num, 2))).astype(np.float32)
+    res = astroinfer.sample_batch(gaussian_model, {"y": y}, method="nested", seed=1, num_draws=20, chunk_size=num)
+    s = res.idata.problem_summary
+    from scipy.stats import norm
+
+    log_z_true = norm.logpdf(y.astype(np.float64), 0, np.sqrt(9.25)).sum(axis=1)
+    err = s.importance_log_evidence.values - log_z_true
+    assert np.sqrt(np.mean(err**2)) <= 0.1 and abs(np.mean(err)) <= 0.03, err
+    assert 0.6 <= np.sqrt(np.mean((err / s.importance_log_evidence_err.values) ** 2)) <= 1.5
+    err_all = s.log_evidence.values - log_z_true
+    assert np.sqrt(np.mean(err_all**2)) <= 0.1, err_all
+    post_sd = np.sqrt(1 / (1 / 9 + 1 / 0.25))
+    mean_err = (np.stack([s.a_mean.values, s.b_mean.values], axis=1) - y * 9 / 9.25) / post_sd
+    assert np.mean(np.abs(mean_err)) <= 0.05 and np.max(np.abs(mean_err)) <= 0.3, mean_err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("num_importance", -1, "num_importance must be a non-negative integer"),
+    ("num_kernels", 5, r"num_kernels must be an integer >= 2 \* dimension \+ 2 \(6\)"),
+    ("num_importance", 100, r"num_importance must be 0 or at least 2 \* num_kernels \(256\)"),
+])
+def test_bad_importance_options_are_refused(option, value, message):
+    data, shared, _ = simulate_problems(2, 0.3, seed=1)
+    with pytest.raises(astroinfer.OptionError, match=message):
+        astroinfer.sample_batch(iono.model_dtec_phi0, data, method="nested", shared=shared, chunk_size=2,
+                                **{option: value})
 
 
 @pytest.mark.slow

@@ -25,6 +25,16 @@ The sampler is built for that:
   while the others of the sub-batch go on, so a problem's result does not depend on the
   problems it shares a chunk with. The final live points are added as the continuation
   of the run (n, n-1, ..., 1 points left).
+- **Importance-sampling refinement of the evidence** (``num_importance`` draws, 0: off).
+  The nested run's evidence error grows like sqrt(H / n) with the information H; after the
+  run, fresh draws from a deterministic mixture of ``num_kernels`` Gaussian kernels (centres
+  resampled from the run's posterior, covariance twice that of each centre's 2d+2 nearest
+  centres) and the prior (at least 10 % of the draws, the defensive component) give
+  ``mean(L prior / q)``, unbiased for Z whatever the kernels because the prior part covers
+  the prior's support; its error comes from the weights' relative variance. The reported
+  evidence combines both estimates by inverse variance (both are kept); the posterior uses
+  both weighted samples. The run still finds the modes: kernels sit only where it put
+  posterior points. With it, 200 live points give a smaller evidence error than 600 without.
 - **Vectorised post-processing.** Log-evidence, its error (sqrt(H * v), v the log-volume
   variance per nat of compression of the saw-tooth live-point count), weighted mean, sd,
   quantiles (from a fine weighted histogram: no sort of the dead points), modes (basins of
@@ -45,7 +55,10 @@ import numpy as np
 __all__ = ["DEFAULTS", "latent_names", "run_problems", "SUB_BATCH"]
 
 DEFAULTS: dict[str, Any] = {
-    "num_live_points": 600,
+    # Few live points: the run finds the modes and the posterior's shape; the evidence's
+    # accuracy comes mostly from the importance-sampling refinement below (with it off, the
+    # error is about sqrt(1.44 H / num_live_points), H the information in nats).
+    "num_live_points": 200,
     "num_delete": None,  # default num_live_points // 2
     "num_inner_steps": None,  # default 4 * dimension
     # Stop when the live points can hold at most this multiple of the evidence found so far
@@ -57,6 +70,10 @@ DEFAULTS: dict[str, Any] = {
     "termination": 10.0,
     "max_iterations": 40,  # iterations of k deletions (k = n/2: 40 halvings of the volume, 28 nats)
     "fallback": True,  # grid only: hand unresolved problems to nested sampling
+    # Importance-sampling refinement of the evidence after the run (0: off): this many fresh
+    # draws from a mixture of Gaussian kernels on the run's posterior points plus the prior.
+    "num_importance": 512,
+    "num_kernels": 128,  # kernels of that mixture (centres resampled from the posterior)
 }
 _HIST_BINS = 201
 _FINE = 10  # fine histogram bins per mode-histogram bin (quantiles)
@@ -64,6 +81,13 @@ _FINE = 10  # fine histogram bins per mode-histogram bin (quantiles)
 #: others of its sub-batch, so a small sub-batch wastes less; a larger one vectorises better.
 SUB_BATCH = 16
 _HOP_PROBABILITY = 0.3
+#: Share of the importance draws taken from the prior (the defensive component: it bounds
+#: the weights L prior / q <= L / share and covers whatever the kernels miss).
+_DEFENSIVE_FRACTION = 0.1
+#: Kernel covariance = this times the covariance of a centre's nearest centres (wider than
+#: the local posterior: measured on the ionosphere problems, 2 gave a lower error than 0.5 or 1
+#: and the same as 4).
+_KERNEL_SCALE = 2.0
 _TARGET_ACCEPTANCE = 0.25
 
 
@@ -94,6 +118,14 @@ def resolve_options(opts: dict[str, Any], ndim: int) -> dict[str, Any]:
     iters = opts["max_iterations"]
     if not isinstance(iters, (int, np.integer)) or iters < 1:
         raise OptionError(f"max_iterations must be a positive integer, got {iters!r}")
+    m = opts["num_importance"]
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
+        raise OptionError(f"num_importance must be a non-negative integer (0: no importance-sampling refinement), got {m!r}")
+    kern = opts["num_kernels"]
+    if isinstance(kern, bool) or not isinstance(kern, (int, np.integer)) or kern < 2 * ndim + 2:
+        raise OptionError(f"num_kernels must be an integer >= 2 * dimension + 2 ({2 * ndim + 2}), got {kern!r}")
+    if m and m < 2 * kern:
+        raise OptionError(f"num_importance must be 0 or at least 2 * num_kernels ({2 * kern}), got {m!r}")
     return {**opts, "num_delete": int(k), "num_inner_steps": int(steps)}
 
 
@@ -268,6 +300,63 @@ def _chunk_function(spec, opts: dict[str, Any], shared_keys: tuple[str, ...], ex
         s = jax.lax.while_loop(cond, body, state)
         return _posterior(data, s, k_draw)
 
+    num_is = int(opts["num_importance"])
+    num_kern = int(opts["num_kernels"])
+    per_kernel = int(round((1.0 - _DEFENSIVE_FRACTION) * num_is)) // num_kern if num_is else 0
+    num_prior_is = num_is - per_kernel * num_kern
+    neighbours = 2 * ndim + 2
+
+    def importance(data, key, points, w):
+        """Evidence by importance sampling: ``num_is`` fresh draws from the mixture q of the
+        prior (weight ``num_prior_is / num_is``) and ``num_kern`` Gaussian kernels centred on
+        points resampled from the run's posterior, each with the covariance of its
+        ``neighbours`` nearest centres (so kernels follow the local shape and scale of each
+        mode); draws are allocated to the components in fixed numbers (a deterministic
+        mixture: ``mean(L prior / q)`` is unbiased for Z whatever the kernels, since the
+        prior part covers the prior's support). Works in the move space (unit interval for
+        interval-supported coordinates). Returns the draws (unconstrained), their
+        normalised weights, log Z and its standard error."""
+        k_c, k_n, k_p = jax.random.split(key, 3)
+        zs = to_move(points)
+        cdf = jnp.cumsum(w)
+        u = (jax.random.uniform(k_c) + jnp.arange(num_kern)) / num_kern * cdf[-1]
+        centres = zs[jnp.clip(jnp.searchsorted(cdf, u), 0, zs.shape[0] - 1)]
+        mean = jnp.sum(w[:, None] * zs, axis=0)
+        var = jnp.sum(w[:, None] * (zs - mean) ** 2, axis=0)
+        scale = jnp.sqrt(var) + 1e-12
+        d2 = jnp.sum(((centres[:, None, :] - centres[None, :, :]) / scale) ** 2, axis=-1)
+        _, nn = jax.lax.top_k(-d2, neighbours)
+        nb = centres[nn]
+        dev = nb - jnp.mean(nb, axis=1, keepdims=True)
+        cov = jnp.einsum("kmi,kmj->kij", dev, dev) * (_KERNEL_SCALE / (neighbours - 1))
+        # A floor (duplicate centres) of 1e-6 of the posterior variance per coordinate.
+        cov = cov + jnp.diag(1e-6 * var + 1e-20)[None]
+        chol = jnp.linalg.cholesky(cov)
+        eps = jax.random.normal(k_n, (num_kern, per_kernel, ndim), jnp.float32)
+        kz = (centres[:, None, :] + jnp.einsum("kij,knj->kni", chol, eps)).reshape(-1, ndim)
+        pz = to_move(jax.vmap(lambda kk: prior_draw(data, kk))(jax.random.split(k_p, num_prior_is)))
+        z = jnp.concatenate([kz, pz])
+        inside = jnp.all(~unit | ((z > 0) & (z < 1)), axis=-1)
+        z_safe = jnp.where(inside[:, None], z, centres[0])
+        y = jnp.where(unit, jnp.log(z_safe) - jnp.log1p(-z_safe), z_safe)
+        lp, ll = jax.vmap(lambda p: log_prior_like(data, p))(y)
+        lp_m = lp + move_log_jacobian(z_safe)
+        eye = jnp.eye(ndim, dtype=jnp.float32)
+        chol_inv = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, eye, lower=True))(chol)
+        v = jnp.einsum("kij,mkj->mki", chol_inv, z[:, None, :] - centres[None])
+        log_n = (-0.5 * jnp.sum(v * v, axis=-1) - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), axis=-1)
+                 - 0.5 * ndim * math.log(2 * math.pi))
+        log_q = jnp.logaddexp(math.log(num_prior_is / num_is) + jnp.where(inside, lp_m, -jnp.inf),
+                              math.log(per_kernel / num_is) + jax.scipy.special.logsumexp(log_n, axis=1))
+        log_w = jnp.where(inside, ll + lp_m - log_q, -jnp.inf)
+        log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
+        top = jnp.max(log_w)
+        wn = jnp.exp(log_w - top)
+        total = jnp.sum(wn)
+        log_z = top + jnp.log(total) - math.log(num_is)
+        rel_var = jnp.maximum(num_is * jnp.sum(wn * wn) / total**2 - 1.0, 0.0)
+        return y, wn / total, log_z, jnp.sqrt(rel_var / num_is)
+
     def _posterior(data, s, key):
         # Log weights of the dead slots (masked past the last iteration) and the final live points.
         t = s["t"]
@@ -285,10 +374,33 @@ def _chunk_function(spec, opts: dict[str, Any], shared_keys: tuple[str, ...], ex
         # log-volume variance per nat of compression.
         info = jnp.sum(jnp.where(w > 0, w * (log_l - log_z), 0.0))
         log_z_err = jnp.sqrt(jnp.maximum(info, 0.0) * var_per_nat)
+        out = {"nested_converged": s["done"], "nested_iterations": t}
+        if num_is:
+            out["extra.nested_log_evidence"] = log_z
+            is_y, is_w, is_log_z, is_err = importance(data, jax.random.fold_in(key, 1), points, w)
+            out["extra.importance_log_evidence"] = is_log_z
+            out["extra.importance_log_evidence_err"] = is_err
+            # Unusable when the weights are not finite or too uneven (an effective sample
+            # size below 5 % of the draws: the proposal missed where the posterior is).
+            ok = jnp.isfinite(is_log_z) & jnp.isfinite(is_err) & (is_err**2 * num_is < 19.0)
+            # Both estimates, weighted by their inverse variances (the importance sampler's
+            # alone where the nested run has no information, the nested one where the
+            # importance weights are unusable).
+            v_ns = jnp.maximum(log_z_err**2, 1e-12)
+            v_is = jnp.where(ok, jnp.maximum(is_err**2, 1e-12), jnp.inf)
+            comb = jnp.where(ok, (log_z * v_is + jnp.where(ok, is_log_z, 0.0) * v_ns) / (v_ns + v_is), log_z)
+            log_z_err = jnp.where(ok, jnp.sqrt(v_ns * v_is / (v_ns + v_is)), log_z_err)
+            log_z = comb
+            # The posterior from both weighted samples, each normalised, mixed in proportion
+            # to its effective sample size.
+            ess_ns = 1.0 / jnp.sum(w * w)
+            ess_is = jnp.where(ok, 1.0 / jnp.sum(is_w * is_w), 0.0)
+            beta = ess_ns / (ess_ns + ess_is)
+            points = jnp.concatenate([points, is_y])
+            w = jnp.concatenate([beta * w, (1.0 - beta) * jnp.where(ok, is_w, 0.0)])
         constrained = jax.vmap(lambda p: constrain(data, p))(points)
         values = jnp.stack([constrained[nm].reshape(points.shape[0]).astype(jnp.float32) for nm in names])
-        out = {"log_evidence": log_z, "log_evidence_err": log_z_err, "nested_converged": s["done"],
-               "nested_iterations": t}
+        out.update({"log_evidence": log_z, "log_evidence_err": log_z_err})
         for j, nm in enumerate(names):
             for key_, v in _weighted_marginal(values[j], w, max_modes, min_mass).items():
                 out[f"{nm}.{key_}"] = v
