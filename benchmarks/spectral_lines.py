@@ -4,8 +4,9 @@
    tutorial's reparameterised NumPyro model (two uniforms q1, q2 ordering the centres, dense
    mass matrix), same warmup/draws/chains: bulk ESS per second (minimum over the line
    parameters), ratio pipeline / tutorial (target >= 1). Each side runs in its own fresh
-   process, alternating (``--repeats``); the wall time in each denominator is the fit call
-   with compilation (see ``bench_tutorial``).
+   process, alternating (``--repeats``), over several NUTS seeds (``--seeds``), with the JAX
+   CPU devices the astroinfer CLI sets up (``--devices``; ``1`` is a plain Python session);
+   the wall time in each denominator is the fit call with compilation (see ``bench_tutorial``).
 2. Lines + quasiseparable GP continuum fitted with the pipeline at N = 20 000 and 100 000
    pixels: wall time (target: under 2 minutes for 100 000 pixels on 2 cores).
 3. GP likelihood value + gradient, quasiseparable (tinygp ``kernels.quasisep.Matern32``) vs
@@ -15,6 +16,7 @@
     python benchmarks/spectral_lines.py --only gp-cost   # one: tutorial, gp-fit, gp-cost, model-cost
     python benchmarks/spectral_lines.py --gp-sizes 20000 --samples 300 --warmup 300
     python benchmarks/spectral_lines.py --only tutorial --repeats 3
+    python benchmarks/spectral_lines.py --only tutorial --devices 1 cli --seeds 0 1 2
     python benchmarks/spectral_lines.py --only calibration --per-k 20   # --lines auto calibration
     python benchmarks/spectral_lines.py --only calibration --per-k 20 --continuum gp
 
@@ -68,7 +70,8 @@ def _tutorial_side(side: str, samples: int, warmup: int, chains: int, seed: int)
     """One side of the tutorial comparison, timed from the fit call to posterior draws.
 
     Runs in its own fresh process (``--tutorial-side``), so neither side reuses executables
-    the other compiled; imports and writing the input file are outside the timed block.
+    the other compiled (and no persistent compilation cache is configured on either side);
+    imports and writing the input file are outside the timed block.
     """
     import arviz as az
     import jax
@@ -88,60 +91,109 @@ def _tutorial_side(side: str, samples: int, warmup: int, chains: int, seed: int)
                 with CompileTimer() as timer:
                     res = astroinfer.run_pipeline(
                         "spectral-lines", path, method="nuts", seed=seed, num_samples=samples, num_warmup=warmup,
-                        num_chains=chains, load_options={"lines": 2, "continuum": "none", "columns": "x,flux"})
+                        num_chains=chains, load_options=PIPELINE_OPTIONS)
                 idata = res.idata
                 names = ["line_center", "line_fwhm", "line_amplitude"]
                 steps = res.diagnostics["mean_leapfrog_steps"]
                 nuts_s = res.diagnostics["wall_time_s"]
+                chain_method = res.diagnostics["chain_method"]
             else:
                 from numpyro.infer import MCMC, NUTS
 
                 with CompileTimer() as timer:
+                    # NumPyro's default chain_method ("parallel"): it draws the chains one after
+                    # another when JAX has fewer devices than chains, as the pipeline's engine does
                     mcmc = MCMC(NUTS(tutorial_model, dense_mass=True), num_warmup=warmup, num_samples=samples,
-                                num_chains=chains, chain_method="sequential", progress_bar=False)
+                                num_chains=chains, progress_bar=False)
                     mcmc.run(jax.random.PRNGKey(seed), x=x, y=y, extra_fields=("num_steps",))
                     idata = az.from_dict(posterior={k: np.asarray(v) for k, v in
                                                     mcmc.get_samples(group_by_chain=True).items()})
                 names = ["x0", "x1", "a0", "a1", "w0", "w1"]
                 steps = float(np.mean(np.asarray(mcmc.get_extra_fields()["num_steps"])))
                 nuts_s = timer.wall_seconds
+                chain_method = mcmc.chain_method
             rhat = az.rhat(idata, var_names=names)
     return {"wall_s": timer.wall_seconds, "compile_s": timer.compile_seconds, "nuts_s": nuts_s,
-            "ess_min": _ess_min(idata, names), "steps": steps,
+            "ess_min": _ess_min(idata, names), "steps": steps, "chain_method": chain_method,
+            "devices": jax.local_device_count(),
             "r_hat_max": float(max(float(np.max(rhat[n].values)) for n in names))}
 
 
-def bench_tutorial(samples: int, warmup: int, chains: int, seed: int, repeats: int = 1) -> None:
+# What the pipeline side is given: the options a user passes for this spectrum (two lines,
+# no continuum: the tutorial's data have none; the table's column names).
+PIPELINE_OPTIONS = {"lines": 2, "continuum": "none", "columns": "x,flux"}
+
+
+def _child_environment(devices: str) -> dict:
+    """The environment of a side's process: ``cli`` gives JAX the host devices that
+    ``astroinfer`` (the CLI) asks for (``astroinfer.cli.configure_jax_devices``); a number
+    gives that many."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f)
+    env["XLA_FLAGS"] = flags
+    if devices == "cli":
+        from astroinfer.cli import configure_jax_devices
+
+        configure_jax_devices(env)
+    else:
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(devices)}".strip()
+    return env
+
+
+def bench_tutorial(samples: int, warmup: int, chains: int, seeds: list[int], repeats: int = 1,
+                   devices: list[str] = ("cli",)) -> None:
     """ESS/s of the pipeline vs the tutorial's model; each side in a fresh process, alternating.
 
     ESS/s = minimum bulk ESS over the line parameters (centres, widths, amplitudes: bulk ESS
     is rank-based, so FWHM vs sigma does not matter) divided by the wall time of the fit call:
     pipeline: ``run_pipeline`` (read the file, start point, compile, NUTS warmup + draws,
     derived quantities, InferenceData); tutorial: ``MCMC(NUTS(...))`` construction, compile,
-    warmup + draws and the InferenceData of its draws. Same chains, warmup, draws and
-    ``chain_method`` (sequential: one CPU device), compile time included on both sides.
+    warmup + draws and the InferenceData of its draws. Same chains, warmup, draws and JAX
+    devices on both sides, default chain method on both (parallel chains when JAX has a
+    device per chain, else one after another), compile time included on both sides.
+
+    The minimum ESS of one run varies by ~+-20% with the seed (and any change of the start
+    point or of floating-point order changes the chains), so the comparison runs several
+    seeds: the ratio is that of the two sides' median ESS/s over all their runs.
     """
     import json
     import subprocess
     import sys
 
-    rows = {"pipeline": [], "tutorial": []}
-    for _ in range(repeats):
-        for side in ("pipeline", "tutorial"):
-            out = subprocess.run([sys.executable, __file__, "--tutorial-side", side, "--samples", str(samples),
-                                  "--warmup", str(warmup), "--chains", str(chains), "--seed", str(seed)],
-                                 check=True, capture_output=True, text=True).stdout
-            rows[side].append(json.loads(out.strip().splitlines()[-1]))
-    print(f"tutorial spectrum, N = 20000, {chains} chains x {warmup} warmup + {samples} draws, "
-          f"{repeats} alternating run(s) per side, each in a fresh process")
-    for side, runs in rows.items():
-        for r in runs:
-            print(f"  {side:8s}: wall {r['wall_s']:6.1f} s (compile {r['compile_s']:5.1f} s, NUTS call "
-                  f"{r['nuts_s']:5.1f} s), min bulk ESS {r['ess_min']:6.1f}, ESS/s {r['ess_min'] / r['wall_s']:6.2f}, "
-                  f"mean leapfrog steps per draw {r['steps']:5.1f}, r_hat_max {r['r_hat_max']:.4f}")
-    ratios = [(p["ess_min"] / p["wall_s"]) / (t["ess_min"] / t["wall_s"]) for p, t in zip(rows["pipeline"], rows["tutorial"])]
-    print(f"  ESS/s ratio pipeline / tutorial (each run with the tutorial run after it): "
-          f"{', '.join(f'{r:.2f}' for r in ratios)}; median {np.median(ratios):.2f}")
+    options = ", ".join(f"{k}={v}" for k, v in PIPELINE_OPTIONS.items())
+    for device_setting in devices:
+        env = _child_environment(device_setting)
+        rows = {"pipeline": [], "tutorial": []}
+        for seed in seeds:
+            for _ in range(repeats):
+                for side in ("pipeline", "tutorial"):
+                    out = subprocess.run([sys.executable, __file__, "--tutorial-side", side, "--samples", str(samples),
+                                          "--warmup", str(warmup), "--chains", str(chains), "--seed", str(seed)],
+                                         check=True, capture_output=True, text=True, env=env).stdout
+                    rows[side].append({"seed": seed, **json.loads(out.strip().splitlines()[-1])})
+        count = rows["pipeline"][0]["devices"]
+        print(f"tutorial spectrum, N = 20000, {chains} chains x {warmup} warmup + {samples} draws, JAX CPU devices: "
+              f"{count} ({'as the astroinfer CLI sets them' if device_setting == 'cli' else 'set'}), seeds "
+              f"{', '.join(map(str, seeds))}; {repeats} alternating run(s) per seed and side, each in a fresh "
+              f"process; pipeline options: {options}")
+        for side, runs in rows.items():
+            for r in runs:
+                print(f"  {side:8s} seed {r['seed']}: wall {r['wall_s']:6.1f} s (compile {r['compile_s']:5.1f} s, "
+                      f"NUTS call {r['nuts_s']:5.1f} s), min bulk ESS {r['ess_min']:6.1f}, ESS/s "
+                      f"{r['ess_min'] / r['wall_s']:6.2f}, leapfrog steps per draw {r['steps']:5.1f}, r_hat_max "
+                      f"{r['r_hat_max']:.4f}, chains {r['chain_method']}")
+        rate = {side: [r["ess_min"] / r["wall_s"] for r in runs] for side, runs in rows.items()}
+        wall = {side: float(np.median([r["wall_s"] for r in runs])) for side, runs in rows.items()}
+        ess = {side: float(np.median([r["ess_min"] for r in runs])) for side, runs in rows.items()}
+        pairs = [(p["ess_min"] / p["wall_s"]) / (t["ess_min"] / t["wall_s"])
+                 for p, t in zip(rows["pipeline"], rows["tutorial"])]
+        print(f"  medians: wall pipeline {wall['pipeline']:.1f} s, tutorial {wall['tutorial']:.1f} s; min bulk ESS "
+              f"pipeline {ess['pipeline']:.0f}, tutorial {ess['tutorial']:.0f}")
+        print(f"  ESS/s ratio pipeline / tutorial: {np.median(rate['pipeline']) / np.median(rate['tutorial']):.2f} "
+              f"(median ESS/s over the runs of each side); run by run (each with the tutorial run after it): "
+              f"{', '.join(f'{r:.2f}' for r in pairs)}")
 
 
 def bench_gp_fit(sizes: list[int], samples: int, warmup: int, chains: int, seed: int) -> None:
@@ -293,7 +345,11 @@ def main() -> None:
     parser.add_argument("--gp-warmup", type=int, default=300)
     parser.add_argument("--gp-sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="tutorial: alternating runs per side")
+    parser.add_argument("--repeats", type=int, default=1, help="tutorial: alternating runs per seed and side")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="tutorial: NUTS seeds (both sides)")
+    parser.add_argument("--devices", nargs="+", default=["cli"],
+                        help="tutorial: JAX CPU devices of both sides, 'cli' (what the astroinfer CLI sets: "
+                             "min(2, cores)) or a number; several values run the comparison for each")
     parser.add_argument("--tutorial-side", choices=("pipeline", "tutorial"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tutorial_side:  # one side of the tutorial comparison (a child process)
@@ -307,7 +363,7 @@ def main() -> None:
     if "model-cost" in which:
         bench_model_cost(args.gp_sizes)
     if "tutorial" in which:
-        bench_tutorial(args.samples, args.warmup, args.chains, args.seed, args.repeats)
+        bench_tutorial(args.samples, args.warmup, args.chains, args.seeds, args.repeats, args.devices)
     if "gp-fit" in which:
         bench_gp_fit(args.gp_sizes, args.gp_samples, args.gp_warmup, args.chains, args.seed)
     if "calibration" in which:

@@ -256,6 +256,77 @@ def test_initial_values_find_the_lines():
     np.testing.assert_allclose(centres, [-0.4, 0.3], atol=0.02)
 
 
+@pytest.mark.parametrize("profile,continuum,errors,jitter", [
+    ("gaussian", "none", False, False), ("voigt", "poly", True, False), ("lorentzian", "poly", True, True)])
+def test_pixel_likelihood_is_the_independent_normal_density(profile, continuum, errors, jitter):
+    """The fused likelihood of the observed flux (polynomial / no continuum) equals the sum of
+    scipy's normal log densities about the lines + polynomial written out here, and centre_u
+    (added after sampling) is -1 + 2 x the ordered positions of center_q."""
+    import jax
+    from numpyro import handlers
+    from scipy import stats
+
+    rng = np.random.default_rng(11)
+    n = 400
+    x = np.linspace(-1, 1, n)
+    y = rng.normal(size=n)
+    sigma = rng.uniform(0.2, 0.5, n) if errors else None
+    data = {"x": x, "flux": y, "sigma": sigma, "num_lines": 2, "profile": profile, "continuum": continuum,
+            "degree": 2, "kernel": "matern32", "jitter": jitter, "sign": "both", "amp_max": 5.0,
+            "width_min": 1e-3, "width_max": 0.25}
+    q = np.array([0.3, 0.6])
+    params = {"center_q": q, "amplitude_u": np.array([1.5, -0.7]), "log_width_u": np.log([0.05, 0.1]),
+              "voigt_eta": np.array([0.3, 0.8]), "continuum_coef": np.array([0.2, -0.3, 0.1]),
+              "log_noise_u": np.log(0.4), "log_jitter_u": np.log(0.2)}
+    centres = sl.line_centres_np(q)
+    u0 = 1 - np.sqrt(1 - q[0])  # the tutorial's x0, x1 in [0, 1]
+    np.testing.assert_allclose(centres, -1 + 2 * np.array([u0, u0 + (1 - u0) * q[1]]), rtol=1e-12)
+    mean = np.zeros(n) if continuum == "none" else 0.2 - 0.3 * x + 0.1 * x**2
+    for c, a, w, eta in zip(centres, params["amplitude_u"], np.exp(params["log_width_u"]), params["voigt_eta"]):
+        d = (x - c) / w
+        mean += a * {"gaussian": np.exp(-0.5 * d**2), "lorentzian": 1 / (1 + d**2),
+                     "voigt": eta / (1 + 4 * d**2) + (1 - eta) * np.exp(-4 * np.log(2) * d**2)}[profile]
+    sd = np.full(n, 0.4) if not errors else np.sqrt(sigma**2 + (0.2**2 if jitter else 0.0))
+    expected = stats.norm(mean, sd).logpdf(y).sum()
+    with jax.enable_x64(True):
+        data64 = {k: (np.asarray(v, dtype=np.float64) if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+        trace = handlers.trace(handlers.substitute(sl.model, data=params)).get_trace(**data64)
+        value = float(trace["flux"]["fn"].log_prob(trace["flux"]["value"]))
+    assert "center_u" not in trace
+    assert value == pytest.approx(expected, rel=1e-9)
+
+
+def test_least_squares_start_lands_on_scipys_least_squares_optimum():
+    """The start point's Levenberg-Marquardt fit (analytic Jacobian, normal equations) finds
+    the same weighted least-squares optimum as scipy.optimize.least_squares."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(8)
+    x = np.linspace(-1, 1, 3000)
+    sigma = np.full(x.size, 0.1)
+    truth = [(-0.2, 1.2, 0.04), (0.1, 0.8, 0.08)]
+    y = 0.3 + 0.2 * x + sum(a * np.exp(-0.5 * ((x - c) / w) ** 2) for c, a, w in truth)
+    y = y + sigma * rng.normal(size=x.size)
+    data = {"x": x, "flux": y, "sigma": sigma, "num_lines": 2, "profile": "gaussian", "continuum": "poly",
+            "degree": 1, "kernel": "matern32", "jitter": False, "sign": "emission", "amp_max": 5.0,
+            "width_min": float(x[1] - x[0]), "width_max": 0.25}
+    start = sl.initial_values(data)
+    fitted = sl.least_squares_start(data, start)
+
+    def residual(theta):
+        c0, a0, lw0, c1, a1, lw1, b0, b1 = theta
+        model = b0 + b1 * x + a0 * np.exp(-0.5 * ((x - c0) / np.exp(lw0)) ** 2) \
+            + a1 * np.exp(-0.5 * ((x - c1) / np.exp(lw1)) ** 2)
+        return (model - y) / sigma
+
+    reference = least_squares(residual, [-0.15, 1.0, np.log(0.05), 0.15, 1.0, np.log(0.05), 0.3, 0.0],
+                              x_scale="jac").x
+    centres = sl.line_centres_np(fitted["center_q"].astype(np.float64))
+    got = np.array([centres[0], fitted["amplitude_u"][0], fitted["log_width_u"][0],
+                    centres[1], fitted["amplitude_u"][1], fitted["log_width_u"][1], *fitted["continuum_coef"]])
+    np.testing.assert_allclose(got, reference, atol=2e-3)
+
+
 def test_ordered_positions_are_uniform_order_statistics():
     """The q parameterisation of the centres: u_k is the k-th smallest of K uniforms, i.e.
     Beta(k, K - k + 1) distributed, always increasing, and inverted by ordered_positions_inverse."""
