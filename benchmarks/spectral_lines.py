@@ -196,11 +196,15 @@ def bench_tutorial(samples: int, warmup: int, chains: int, seeds: list[int], rep
               f"{', '.join(f'{r:.2f}' for r in pairs)}")
 
 
-def bench_gp_fit(sizes: list[int], samples: int, warmup: int, chains: int, seed: int) -> None:
+def bench_gp_fit(sizes: list[int], samples: int, warmup: int, chains: int, seed: int,
+                 modes: tuple[str, ...] = ("sample",)) -> None:
+    import jax
+
     import astroinfer
     from astroinfer.pipelines.spectral_lines import simulate
 
-    for n in sizes:
+    print(f"lines + GP continuum fits: {jax.local_device_count()} JAX CPU device(s)")
+    for n, mode in [(n, m) for n in sizes for m in modes]:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "spec.ecsv"
             simulate(path, seed=1, lines=2, num_pixels=n, snr=30.0)
@@ -209,12 +213,13 @@ def bench_gp_fit(sizes: list[int], samples: int, warmup: int, chains: int, seed:
                 warnings.simplefilter("ignore")
                 res = astroinfer.run_pipeline("spectral-lines", path, method="nuts", seed=seed, num_samples=samples,
                                               num_warmup=warmup, num_chains=chains,
-                                              load_options={"lines": 2, "continuum": "gp"})
+                                              load_options={"lines": 2, "continuum": "gp",
+                                                            "gp_hyperparameters": mode})
             wall = time.perf_counter() - started
         d = res.diagnostics
         r_hat = "n/a (one chain)" if d.get("r_hat_max") is None else f"{d['r_hat_max']:.3f}"
         ess = "n/a" if d.get("ess_bulk_min") is None else f"{d['ess_bulk_min']:.0f}"
-        print(f"lines + GP continuum, N = {n:6d}: wall {wall:7.1f} s (compile {d['compile_time_s']:.1f} s, "
+        print(f"lines + GP continuum, N = {n:6d}, GP hyperparameters {mode}: wall {wall:7.1f} s (compile {d['compile_time_s']:.1f} s, "
               f"sampling {d['run_time_s']:.1f} s), {chains} chains x {warmup}+{samples}, "
               f"{d['likelihood_evaluations']} gradient evaluations while sampling, r_hat_max {r_hat}, "
               f"min bulk ESS {ess}")
@@ -344,6 +349,8 @@ def main() -> None:
     parser.add_argument("--gp-samples", type=int, default=300)
     parser.add_argument("--gp-warmup", type=int, default=300)
     parser.add_argument("--gp-sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--gp-hyperparameters", nargs="+", default=["sample"], choices=("sample", "fixed"),
+                        help="gp-fit: the pipeline's gp_hyperparameters option(s), each run in turn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="tutorial: alternating runs per seed and side")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="tutorial: NUTS seeds (both sides)")
@@ -358,6 +365,10 @@ def main() -> None:
         print(json.dumps(_tutorial_side(args.tutorial_side, args.samples, args.warmup, args.chains, args.seed)))
         return
     which = args.only or ["gp-cost", "model-cost", "tutorial", "gp-fit"]
+    if "gp-fit" in which:  # the CLI's JAX CPU devices (min(2, cores)): chains in parallel, as `astroinfer run`
+        from astroinfer.cli import configure_jax_devices
+
+        configure_jax_devices()
     if "gp-cost" in which:
         bench_gp_cost(2000, repeats=20)
     if "model-cost" in which:
@@ -365,7 +376,8 @@ def main() -> None:
     if "tutorial" in which:
         bench_tutorial(args.samples, args.warmup, args.chains, args.seeds, args.repeats, args.devices)
     if "gp-fit" in which:
-        bench_gp_fit(args.gp_sizes, args.gp_samples, args.gp_warmup, args.chains, args.seed)
+        bench_gp_fit(args.gp_sizes, args.gp_samples, args.gp_warmup, args.chains, args.seed,
+                     tuple(args.gp_hyperparameters))
     if "calibration" in which:
         calibration(args.per_k, args.max_lines, args.pixels, args.seed, args.continuum)
 

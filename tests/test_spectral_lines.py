@@ -241,6 +241,82 @@ def test_gp_likelihood_matches_dense_matern32():
     assert value == pytest.approx(multivariate_normal(mean, cov).logpdf(y), rel=1e-6, abs=1e-5)
 
 
+@pytest.mark.parametrize("noise", ["errors", "errors+jitter", "fitted"])
+def test_fixed_gp_likelihood_value_and_gradient(noise):
+    """Fixed-hyperparameter GP likelihood (custom VJP): value and gradient in the residual equal
+    a dense float64 Gaussian (log N(r | 0, K), gradient -K^-1 r) and tinygp's own autodiff in
+    float32; through the model, the gradient in the line and polynomial parameters equals the
+    sampled-hyperparameter model's at the same hyperparameter values."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+    from tinygp import GaussianProcess
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    x = np.sort(rng.uniform(-1, 1, n)).astype(np.float32)
+    sigma = rng.uniform(0.05, 0.15, n).astype(np.float32)
+    log_amp, log_scale, log_noise = np.float32(np.log(0.7)), np.float32(np.log(0.3)), np.float32(np.log(0.08))
+    variance = {"errors": sigma**2, "errors+jitter": sigma**2 + np.exp(2 * log_noise),
+                "fitted": np.float32(np.exp(2 * log_noise))}[noise]
+    residual = (np.sin(4 * x) + 0.1 * rng.normal(size=n)).astype(np.float32)
+
+    fn = sl.fixed_gp_log_likelihood("matern32")
+    args = (jnp.asarray(x), jnp.asarray(variance), jnp.asarray(log_amp), jnp.asarray(log_scale))
+    value, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(residual), *args)
+
+    tau = np.abs(x[:, None].astype(np.float64) - x[None, :])
+    f = np.sqrt(3) / np.exp(np.float64(log_scale))
+    cov = np.exp(2 * np.float64(log_amp)) * (1 + f * tau) * np.exp(-f * tau)
+    cov[np.diag_indices(n)] += np.broadcast_to(np.asarray(variance, np.float64), (n,))
+    chol = np.linalg.cholesky(cov)
+    r64 = residual.astype(np.float64)
+    alpha = np.linalg.solve(cov, r64)
+    dense_value = -0.5 * r64 @ alpha - np.log(np.diag(chol)).sum() - 0.5 * n * np.log(2 * np.pi)
+    assert float(value) == pytest.approx(dense_value, rel=1e-5, abs=0.05)
+    np.testing.assert_allclose(np.asarray(grad), -alpha, rtol=2e-3, atol=2e-3 * np.abs(alpha).max())
+
+    def tinygp_value(r):
+        gp = GaussianProcess(sl._gp_kernel("matern32", jnp.exp(log_amp), jnp.exp(log_scale)), args[0],
+                             diag=jnp.broadcast_to(args[1], (n,)))
+        return gp.log_probability(r)
+
+    ref_value, ref_grad = jax.jit(jax.value_and_grad(tinygp_value))(jnp.asarray(residual))
+    assert float(value) == pytest.approx(float(ref_value), rel=1e-6, abs=0.02)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=2e-3, atol=2e-3 * np.abs(alpha).max())
+
+    # through the model: same density and gradient in the sampled sites as the full model
+    data = {"x": x, "flux": residual + 1.0, "sigma": None if noise == "fitted" else sigma, "num_lines": 1,
+            "profile": "gaussian", "continuum": "gp", "degree": 1, "kernel": "matern32",
+            "jitter": noise == "errors+jitter", "sign": "emission", "amp_max": 5.0, "width_min": 1e-3,
+            "width_max": 0.25}
+    line = {"center_q": jnp.array([0.55]), "amplitude_u": jnp.array([0.6]),
+            "log_width_u": jnp.array([np.log(0.03)]), "continuum_coef": jnp.array([0.9, 0.1])}
+    hyper = {"log_gp_amp": jnp.asarray(log_amp), "log_gp_scale": jnp.asarray(log_scale)}
+    if noise == "fitted":
+        hyper["log_noise_u"] = jnp.asarray(log_noise)
+    elif noise == "errors+jitter":
+        hyper["log_jitter_u"] = jnp.asarray(log_noise)
+    assert tuple(hyper) == sl.fixed_gp_sites(data)
+    fixed = {**data, "gp_fixed": np.array(list(hyper.values()), dtype=np.float32)}
+
+    def full(p):
+        return log_density(sl.model, (), data, {**p, **hyper})[0]
+
+    def held(p):
+        return log_density(sl.model, (), fixed, p)[0]
+
+    v_full, g_full = jax.jit(jax.value_and_grad(full))(line)
+    v_held, g_held = jax.jit(jax.value_and_grad(held))(line)
+    trace = handlers.trace(handlers.substitute(sl.model, data={**line, **hyper})).get_trace(**data)
+    hyper_prior = sum(float(trace[name]["fn"].log_prob(trace[name]["value"])) for name in hyper)
+    assert float(v_held) == pytest.approx(float(v_full) - hyper_prior, rel=1e-6, abs=0.05)
+    for name in line:
+        np.testing.assert_allclose(np.asarray(g_held[name]), np.asarray(g_full[name]), rtol=3e-3,
+                                   atol=3e-3 * max(1.0, float(np.abs(g_full[name]).max())))
+
+
 def test_initial_values_find_the_lines():
     rng = np.random.default_rng(5)
     x = np.linspace(-1, 1, 500)
@@ -555,3 +631,25 @@ def test_lines_auto_calibration_small(tmp_path):
     assert right >= 5
     for key, hits in covered.items():
         assert sum(hits) >= len(hits) - 2, (key, hits)
+
+
+def test_cli_fixed_gp_hyperparameters_recovers_lines_and_records_the_fixed_values(tmp_path, run_process):
+    """``--continuum gp --gp-hyperparameters fixed``: the GP sites are not sampled, their MAP values are
+    stored, and the simulated lines are recovered (each truth within 3 posterior sd)."""
+    from astroinfer import store
+
+    truth = sl.simulate(tmp_path / "spec.ecsv", seed=4, lines=2, num_pixels=400, snr=25.0, continuum="gp")
+    code, out, err = run_process("run", "spectral-lines", "spec.ecsv", "--lines", "2", "--continuum", "gp",
+                                 "--gp-hyperparameters", "fixed", "-o", "fit.h5", "--samples", "300",
+                                 "--warmup", "300", cwd=tmp_path)
+    assert code == 0, err
+    result = store.load(tmp_path / "fit.h5")
+    post = result.idata.posterior
+    assert "log_gp_amp" not in post and "log_gp_scale" not in post
+    attrs = result.idata.constant_data.attrs
+    assert attrs["gp_hyperparameters"] == "fixed"
+    assert np.isfinite(attrs["fixed_log_gp_amp"]) and np.isfinite(attrs["fixed_log_gp_scale"])
+    for k, line in enumerate(truth["truth"]["lines"]):
+        for name, key in (("line_center", "center"), ("line_flux", "flux")):
+            draws = np.asarray(post[name].isel(line=k)).ravel()
+            assert abs(draws.mean() - line[key]) < 3 * draws.std(), (name, k, draws.mean(), draws.std(), line[key])
