@@ -934,9 +934,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     posterior = result.idata.posterior
     draws = {k: np.asarray(posterior[k]) for k in GLOBALS if k in posterior}
     if table_domain is not None:
-        offsets = draws.get("parallax_offset", np.zeros(1))
-        inside = (np.abs(np.log(draws["field_scale"]) - table_domain[0]) <= table_domain[1]) & (
-            np.abs(offsets) <= table_domain[2])
+        inside = np.asarray(_inside_field_table(table_domain, np.log(draws["field_scale"]),
+                                                draws.get("parallax_offset", 0.0)))
         result.diagnostics["field_table_scale_range_pc"] = [float(np.exp(table_domain[0] - table_domain[1])),
                                                             float(np.exp(table_domain[0] + table_domain[1]))]
         result.diagnostics["field_table_draws_inside"] = float(inside.mean())

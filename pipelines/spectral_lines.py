@@ -379,6 +379,16 @@ def _poly(x, coef):
     return jnp.polyval(coef[::-1], x) if coef.shape[0] else jnp.zeros_like(x)
 
 
+def _gaussian_process(kernel: str, log_amp, log_scale, x, variance, **options):
+    """The tinygp GP of the continuum: ``kernel`` with amplitude and scale given as logs,
+    white noise ``variance`` (a scalar or per pixel) on the diagonal."""
+    import jax.numpy as jnp
+    from tinygp import GaussianProcess
+
+    return GaussianProcess(_gp_kernel(kernel, jnp.exp(log_amp), jnp.exp(log_scale)), x,
+                           diag=jnp.broadcast_to(variance, jnp.shape(x)), **options)
+
+
 def _gp_kernel(kernel: str, amp, scale):
     from tinygp import kernels
 
@@ -521,12 +531,9 @@ def fixed_gp_log_likelihood(kernel: str):
     """
     import jax
     import jax.numpy as jnp
-    from tinygp import GaussianProcess
 
-    def solver(x, variance, log_amp, log_scale):
-        variance = jnp.broadcast_to(variance, x.shape)
-        return GaussianProcess(_gp_kernel(kernel, jnp.exp(log_amp), jnp.exp(log_scale)), x, diag=variance,
-                               assume_sorted=True).solver  # load() sorts the spectral axis
+    def solver(x, variance, log_amp, log_scale):  # load() sorts the spectral axis
+        return _gaussian_process(kernel, log_amp, log_scale, x, variance, assume_sorted=True).solver
 
     def forward(residual, x, variance, log_amp, log_scale):
         gp_solver = solver(x, variance, log_amp, log_scale)
@@ -572,10 +579,8 @@ def _fixed_gp_distribution():
             return self.loc
 
         def sample(self, key, sample_shape=()):
-            from tinygp import GaussianProcess
-
-            gp = GaussianProcess(_gp_kernel(self.kernel, jnp.exp(self.log_amp), jnp.exp(self.log_scale)), self.x,
-                                 diag=jnp.broadcast_to(self.noise_variance, self.x.shape), mean_value=self.loc)
+            gp = _gaussian_process(self.kernel, self.log_amp, self.log_scale, self.x, self.noise_variance,
+                                   mean_value=self.loc)
             return gp.sample(key, shape=tuple(sample_shape))
 
         def log_prob(self, value):
@@ -640,22 +645,18 @@ def model(x, flux, sigma=None, *, num_lines: int = 1, profile: str = "gaussian",
             log_jitter = (fixed[2] if fixed is not None
                           else numpyro.sample("log_jitter_u", dist.Uniform(*LOG_NOISE_BOUNDS)))
             variance = variance + jnp.exp(2.0 * log_jitter)
-    if fixed is not None:
+    if continuum == "gp":
         center = None if q is None else -1.0 + 2.0 * ordered_positions(q)
         width = None if log_width is None else jnp.exp(log_width)
         mean = _mean_function(profile)(x, center, width, eta, amplitude, coef)
-        numpyro.sample("flux", _fixed_gp_distribution()(mean, x, variance, fixed[0], fixed[1], kernel), obs=flux)
-    elif continuum == "gp":
-        from tinygp import GaussianProcess
-
-        center = None if q is None else -1.0 + 2.0 * ordered_positions(q)
-        width = None if log_width is None else jnp.exp(log_width)
-        mean = _mean_function(profile)(x, center, width, eta, amplitude, coef)
-        log_amp = numpyro.sample("log_gp_amp", dist.Uniform(*LOG_GP_AMP_BOUNDS))
-        log_scale = numpyro.sample("log_gp_scale", dist.Uniform(math.log(GP_SCALE_MIN_U), math.log(GP_SCALE_MAX_U)))
-        gp = GaussianProcess(_gp_kernel(kernel, jnp.exp(log_amp), jnp.exp(log_scale)), x, diag=variance,
-                             mean_value=mean)
-        numpyro.sample("flux", gp.numpyro_dist(), obs=flux)
+        if fixed is not None:
+            numpyro.sample("flux", _fixed_gp_distribution()(mean, x, variance, fixed[0], fixed[1], kernel), obs=flux)
+        else:
+            log_amp = numpyro.sample("log_gp_amp", dist.Uniform(*LOG_GP_AMP_BOUNDS))
+            log_scale = numpyro.sample("log_gp_scale",
+                                       dist.Uniform(math.log(GP_SCALE_MIN_U), math.log(GP_SCALE_MAX_U)))
+            gp = _gaussian_process(kernel, log_amp, log_scale, x, variance, mean_value=mean)
+            numpyro.sample("flux", gp.numpyro_dist(), obs=flux)
     else:
         numpyro.sample("flux", _pixel_distribution()(x, q, amplitude, log_width, eta, coef, variance, profile),
                        obs=flux)
@@ -709,7 +710,6 @@ def _gp_continuum_at(settings: dict, x_u: np.ndarray, y_u: np.ndarray, s_u: np.n
     """
     import jax
     import jax.numpy as jnp
-    from tinygp import GaussianProcess
 
     profile, kernel = settings["profile"], settings["kernel"]
     x = jnp.asarray(x_u, dtype=jnp.float32)
@@ -727,7 +727,7 @@ def _gp_continuum_at(settings: dict, x_u: np.ndarray, y_u: np.ndarray, s_u: np.n
             var = jnp.asarray(s_u, dtype=jnp.float32) ** 2
             if "log_jitter_u" in p:
                 var = var + jnp.exp(2.0 * p["log_jitter_u"])
-        gp = GaussianProcess(_gp_kernel(kernel, jnp.exp(p["log_gp_amp"]), jnp.exp(p["log_gp_scale"])), x, diag=var)
+        gp = _gaussian_process(kernel, p["log_gp_amp"], p["log_gp_scale"], x, var)
         order = jnp.argsort(points)
         sorted_points = points[order]
         cond = gp.condition(y - mean - lines, X_test=sorted_points).gp.loc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -13,6 +14,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "catalogs" / "line_fit_demo.csv"
 DEMO_TRUTH = REPO / "catalogs" / "line_fit_demo.truth.json"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Free every compiled XLA executable after each test module.
+
+    Each executable the CPU backend loads takes memory mappings of its own, and the
+    whole suite in one process compiles thousands: without this, the process passes
+    Linux's default limit of 65 530 mappings (``vm.max_map_count``) and LLVM aborts
+    the next compilation with "Cannot allocate memory".
+    """
+    yield
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.clear_caches()
+        gc.collect()
 
 
 def _subprocess_env() -> dict[str, str]:
