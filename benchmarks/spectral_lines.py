@@ -207,7 +207,7 @@ def bench_gp_fit(sizes: list[int], samples: int, warmup: int, chains: int, seed:
     for n, mode in [(n, m) for n in sizes for m in modes]:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "spec.ecsv"
-            simulate(path, seed=1, lines=2, num_pixels=n, snr=30.0)
+            record = simulate(path, seed=1, lines=2, num_pixels=n, snr=30.0, continuum="gp")
             started = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -223,6 +223,14 @@ def bench_gp_fit(sizes: list[int], samples: int, warmup: int, chains: int, seed:
               f"sampling {d['run_time_s']:.1f} s), {chains} chains x {warmup}+{samples}, "
               f"{d['likelihood_evaluations']} gradient evaluations while sampling, r_hat_max {r_hat}, "
               f"min bulk ESS {ess}")
+        post = res.idata.posterior
+        for k, line in enumerate(record["truth"]["lines"]):
+            parts = []
+            for name, key in (("line_center", "center"), ("line_flux", "flux")):
+                draws = np.asarray(post[name].isel(line=k)).ravel()
+                parts.append(f"{key} {draws.mean():.3f} +- {draws.std():.3f} (truth {line[key]:.3f}, "
+                             f"{(draws.mean() - line[key]) / draws.std():+.1f} sd)")
+            print(f"    line {k}: " + "; ".join(parts))
 
 
 def bench_model_cost(sizes: list[int], repeats: int = 7) -> None:
@@ -287,52 +295,77 @@ def bench_gp_cost(n: int, repeats: int) -> None:
           f"{abs(values['dense'] - values['quasisep']):.2e}")
 
 
-def calibration(per_k: int, max_lines: int, num_pixels: int, seed: int, continuum: str = "poly") -> dict:
-    """Simulate ``per_k`` spectra for each K in 0..max_lines (line SNR drawn in [10, 30]), fit
-    each with --lines auto, and count how often the true K is chosen; for the spectra where
-    it is, count how often the 90% interval of each line's centre and flux holds the truth."""
+def _calibrate_one(k: int, i: int, seed: int, num_pixels: int, max_lines: int, continuum: str,
+                   folder: str) -> dict:
+    """Simulate spectrum i with k lines, fit it with --lines auto; the choice, the evidences and
+    whether each line's 90% intervals (centre, flux) hold the truth when the right K is chosen."""
     import astroinfer
     from astroinfer.pipelines.spectral_lines import simulate
 
-    picked = {k: [] for k in range(max_lines + 1)}
-    covered = {"center": [], "flux": []}
+    path = Path(folder) / f"k{k}_{i}.ecsv"
+    record = simulate(path, seed=seed + 1000 * k + i, lines=k, num_pixels=num_pixels, continuum=continuum)
     started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = astroinfer.run_pipeline(
+            "spectral-lines", path, method="nested", seed=seed + i, num_samples=1000,
+            load_options={"lines": "auto", "max_lines": max_lines, "continuum": continuum})
+    comp = res.idata.model_comparison
+    chosen = int(comp.attrs["chosen_num_lines"])
+    covered = {"center": [], "flux": []}
+    if chosen == k and k > 0:
+        post = res.idata.posterior
+        for name, key in (("line_center", "center"), ("line_flux", "flux")):
+            draws = np.asarray(post[name]).reshape(-1, k)
+            lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+            truth = np.array([line[key] for line in record["truth"]["lines"]])
+            covered[key] = ((lo <= truth) & (truth <= hi)).tolist()
+    return {"k": k, "i": i, "chosen": chosen, "log_z": comp["log_evidence_by_k"].values.tolist(),
+            "covered": covered, "seconds": time.perf_counter() - started}
+
+
+def calibration(per_k: int, max_lines: int, num_pixels: int, seed: int, continuum: str = "poly",
+                workers: int = 1) -> dict:
+    """Simulate ``per_k`` spectra for each K in 0..max_lines (line SNR drawn in [10, 30]), fit
+    each with --lines auto, and count how often the true K is chosen; for the spectra where
+    it is, count how often the 90% interval of each line's centre and flux holds the truth.
+    ``workers`` > 1 fits spectra in that many processes (each problem's seed is fixed, so the
+    result does not depend on it)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    picked = {k: {} for k in range(max_lines + 1)}
+    covered = {"center": {}, "flux": {}}
+    started = time.perf_counter()
+    jobs = [(k, i) for i in range(per_k) for k in range(max_lines + 1)]
     with tempfile.TemporaryDirectory() as folder:
-        for k in range(max_lines + 1):
-            for i in range(per_k):
-                path = Path(folder) / f"k{k}_{i}.ecsv"
-                record = simulate(path, seed=seed + 1000 * k + i, lines=k, num_pixels=num_pixels,
-                                  continuum=continuum)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    res = astroinfer.run_pipeline(
-                        "spectral-lines", path, method="nested", seed=seed + i, num_samples=1000,
-                        load_options={"lines": "auto", "max_lines": max_lines, "continuum": continuum})
-                chosen = int(res.idata.model_comparison.attrs["chosen_num_lines"])
-                picked[k].append(chosen)
-                if chosen == k and k > 0:
-                    post = res.idata.posterior
-                    for name, key in (("line_center", "center"), ("line_flux", "flux")):
-                        draws = np.asarray(post[name]).reshape(-1, k)
-                        lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
-                        truth = np.array([line[key] for line in record["truth"]["lines"]])
-                        covered[key].extend(((lo <= truth) & (truth <= hi)).tolist())
-                print(f"  K = {k}, spectrum {i}: chose {chosen}; log Z by K "
-                      f"{np.round(res.idata.model_comparison['log_evidence_by_k'].values, 2).tolist()} "
-                      f"({time.perf_counter() - started:.0f} s so far)", flush=True)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_calibrate_one, k, i, seed, num_pixels, max_lines, continuum, folder)
+                       for k, i in jobs]
+            for future in as_completed(futures):
+                one = future.result()
+                k, i = one["k"], one["i"]
+                picked[k][i] = one["chosen"]
+                for key in covered:
+                    covered[key][(k, i)] = one["covered"][key]
+                print(f"  K = {k}, spectrum {i}: chose {one['chosen']}; log Z by K "
+                      f"{np.round(one['log_z'], 2).tolist()} ({one['seconds']:.0f} s; "
+                      f"{time.perf_counter() - started:.0f} s so far)", flush=True)
+    hits = {key: [h for (k, i) in sorted(v) for h in v[(k, i)]] for key, v in covered.items()}
     total = sum(len(v) for v in picked.values())
-    right = sum(sum(1 for c in v if c == k) for k, v in picked.items())
+    right = sum(sum(1 for c in v.values() if c == k) for k, v in picked.items())
     summary = {
         "fraction_true_k": right / total,
-        "true_k_by_k": {k: sum(1 for c in v if c == k) / len(v) for k, v in picked.items()},
-        "coverage_center_90": float(np.mean(covered["center"])) if covered["center"] else float("nan"),
-        "coverage_flux_90": float(np.mean(covered["flux"])) if covered["flux"] else float("nan"),
-        "num_intervals": len(covered["center"]),
+        "true_k_by_k": {k: sum(1 for c in v.values() if c == k) / len(v) for k, v in picked.items()},
+        "coverage_center_90": float(np.mean(hits["center"])) if hits["center"] else float("nan"),
+        "coverage_flux_90": float(np.mean(hits["flux"])) if hits["flux"] else float("nan"),
+        "num_intervals": len(hits["center"]),
     }
-    print(f"calibration: {per_k} spectra per K in 0..{max_lines}, {num_pixels} pixels, {continuum} continuum: "
-          f"true K chosen in {summary['fraction_true_k']:.0%} ({summary['true_k_by_k']}); 90% interval coverage "
-          f"centres {summary['coverage_center_90']:.0%}, fluxes {summary['coverage_flux_90']:.0%} "
-          f"over {summary['num_intervals']} lines; {time.perf_counter() - started:.0f} s")
+    print(f"calibration: {per_k} spectra per K in 0..{max_lines}, {num_pixels} pixels, {continuum} continuum, "
+          f"{workers} worker(s): true K chosen in {summary['fraction_true_k']:.0%} ({summary['true_k_by_k']}); "
+          f"90% interval coverage centres {summary['coverage_center_90']:.0%}, fluxes "
+          f"{summary['coverage_flux_90']:.0%} over {summary['num_intervals']} lines; "
+          f"{time.perf_counter() - started:.0f} s")
     return summary
 
 
@@ -343,6 +376,7 @@ def main() -> None:
     parser.add_argument("--max-lines", type=int, default=3)
     parser.add_argument("--pixels", type=int, default=150, help="calibration: pixels per spectrum")
     parser.add_argument("--continuum", default="poly", choices=("poly", "gp"), help="calibration continuum")
+    parser.add_argument("--workers", type=int, default=1, help="calibration: spectra fitted in this many processes")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=2)
@@ -379,7 +413,7 @@ def main() -> None:
         bench_gp_fit(args.gp_sizes, args.gp_samples, args.gp_warmup, args.chains, args.seed,
                      tuple(args.gp_hyperparameters))
     if "calibration" in which:
-        calibration(args.per_k, args.max_lines, args.pixels, args.seed, args.continuum)
+        calibration(args.per_k, args.max_lines, args.pixels, args.seed, args.continuum, args.workers)
 
 
 if __name__ == "__main__":

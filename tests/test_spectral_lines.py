@@ -448,6 +448,53 @@ def test_nested_evidence_matches_the_analytic_evidence_and_reuses_compiled_code(
     assert timings[1] < 0.25 * timings[0], timings
 
 
+def test_nested_evidence_with_a_gp_continuum_matches_a_brute_force_grid():
+    """K = 0 on a GP continuum: with the polynomial integrated out analytically, the evidence is
+    a 2-D integral over the GP amplitude and scale (uniform priors on their logs) of a dense
+    Gaussian density, done here on a 240 x 240 grid in float64. The nested run evaluates the
+    likelihood by the Kalman filter (``value_only``), so this also checks that path end to end."""
+    from scipy.special import logsumexp
+
+    n = 40
+    rng = np.random.default_rng(7)
+    x = np.linspace(-1.0, 1.0, n)
+    sigma = np.full(n, 0.15)
+    tau = np.abs(x[:, None] - x[None, :]) * np.sqrt(3.0) / 0.5
+    y = 0.3 + 0.2 * x + rng.multivariate_normal(np.zeros(n), 0.6**2 * (1 + tau) * np.exp(-tau)) \
+        + sigma * rng.normal(size=n)
+    design = np.stack([np.ones(n), x], axis=1)
+    fixed = np.diag(sigma**2) + sl.COEF_SD**2 * design @ design.T
+    log_amps = np.linspace(*sl.LOG_GP_AMP_BOUNDS, 241)
+    log_scales = np.linspace(np.log(sl.GP_SCALE_MIN_U), np.log(sl.GP_SCALE_MAX_U), 241)
+    mid_amps, mid_scales = 0.5 * (log_amps[1:] + log_amps[:-1]), 0.5 * (log_scales[1:] + log_scales[:-1])
+    dist = np.abs(x[:, None] - x[None, :])
+    log_like = np.empty((mid_amps.size, mid_scales.size))
+    for j, log_scale in enumerate(mid_scales):
+        t = dist * np.sqrt(3.0) / np.exp(log_scale)
+        shape = (1 + t) * np.exp(-t)
+        for i, log_amp in enumerate(mid_amps):
+            factor = np.linalg.cholesky(np.exp(2 * log_amp) * shape + fixed)
+            white = np.linalg.solve(factor, y)
+            log_like[i, j] = -0.5 * white @ white - np.log(np.diag(factor)).sum() - 0.5 * n * np.log(2 * np.pi)
+    # uniform prior densities on the two logs: the midpoint rule's cell weights are 1 / cells
+    truth = logsumexp(log_like) - np.log(log_like.size)
+    data = {"x": x, "flux": y, "sigma": sigma, "num_lines": 0, "profile": "gaussian", "continuum": "gp",
+            "degree": 1, "kernel": "matern32", "jitter": False, "sign": "emission", "amp_max": 5.0,
+            "width_min": 0.03, "width_max": sl.GP_WIDTH_MAX_U}
+    fit = sl.nested_fit(data, seed=0, num_live_points=200, num_samples=200)
+    assert abs(fit["log_evidence"] - truth) < 4 * fit["log_evidence_err"] + 0.2, (fit["log_evidence"], truth)
+
+
+@pytest.mark.parametrize("log_z, threshold, chosen", [
+    ([-50.0, -20.0, -18.5, -19.0], np.log(10.0), 1),  # K = 2 beats K = 1 by 1.5 only
+    ([-50.0, -20.0, -16.0, -19.0], np.log(10.0), 2),  # by 4: strong
+    ([-50.0, -20.0, -18.5, -19.0], 0.0, 2),  # 0: the greatest log Z
+    ([-10.0, -11.0, -12.0, -13.0], np.log(10.0), 0),
+])
+def test_lines_auto_chooses_the_fewest_lines_within_the_threshold_of_the_best(log_z, threshold, chosen):
+    assert sl.choose_num_lines([0, 1, 2, 3], np.array(log_z), threshold) == chosen
+
+
 # -- the tutorial's two blended Gaussians ----------------------------------------------------
 @pytest.fixture(scope="module")
 def tutorial_fit(tmp_path_factory):
