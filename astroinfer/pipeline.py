@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from astroinfer.result import Result
 
 __all__ = [
-    "Pipeline", "PipelineData", "PipelineOption", "parse_option_args", "parse_positive", "parse_count",
-    "parse_choice", "EXECUTION_DEFAULTS", "PipelineError", "InputError", "UnknownPipelineError",
+    "Pipeline", "PipelineData", "PipelineOption", "parse_option_args", "parse_positive", "parse_non_negative",
+    "parse_count", "parse_choice", "EXECUTION_DEFAULTS", "PipelineError", "InputError", "UnknownPipelineError",
     "OutputError", "PipelineLoadError", "get_pipeline", "list_pipelines", "pipeline_names", "run_pipeline",
     "prepare", "PreparedRun", "check_run_settings", "check_pipeline_options", "check_pipeline_method", "check_execution", "check_output_path", "user_cache_dir",
     "ENTRY_POINT_GROUP", "BUILTIN",
@@ -128,15 +128,24 @@ class PipelineOption:
         return "--" + self.name.replace("_", "-")
 
 
-def parse_positive(text: str) -> float:
-    """A finite number > 0 (a ``PipelineOption.parse``)."""
+def _parse_finite(text: str, accept: Callable[[float], bool], what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"expected a positive number, got {text!r}")
+        raise ValueError(f"expected {what}, got {text!r}") from None
+    if not (math.isfinite(value) and accept(value)):
+        raise ValueError(f"expected {what}, got {text!r}")
     return value
+
+
+def parse_positive(text: str) -> float:
+    """A finite number > 0 (a ``PipelineOption.parse``)."""
+    return _parse_finite(text, lambda value: value > 0, "a positive number")
+
+
+def parse_non_negative(text: str) -> float:
+    """A finite number >= 0 (a ``PipelineOption.parse``)."""
+    return _parse_finite(text, lambda value: value >= 0, "a number >= 0")
 
 
 def parse_count(minimum: int = 0) -> Callable[[str], int]:

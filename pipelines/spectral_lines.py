@@ -49,7 +49,8 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import (
-    InputError, OutputError, Pipeline, PipelineData, PipelineOption, parse_choice, parse_count, parse_positive,
+    InputError, OutputError, Pipeline, PipelineData, PipelineOption, parse_choice, parse_count, parse_non_negative,
+    parse_positive,
 )
 from astroinfer.tables import check_simulate_target
 from astroinfer.pipelines._spectral_io import read_spectrum
@@ -122,16 +123,6 @@ def _parse_intervals(text: str) -> tuple[tuple[float, float], ...]:
     return tuple(_parse_interval(part) for part in str(text).split(",") if part.strip())
 
 
-def _parse_non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
 def _parse_columns(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in str(text).split(","))
     if len(names) not in (2, 3) or not all(names):
@@ -145,7 +136,7 @@ OPTIONS = (
     PipelineOption("max_lines", "largest K tried by --lines auto", 3, parse_count()),
     PipelineOption("min_log_bayes_factor", "--lines auto: choose the fewest lines whose log-evidence is within "
                    "this of the greatest (default ln 10, 'strong' on Jeffreys' scale; 0: the greatest)",
-                   LOG_BAYES_FACTOR_FOR_A_LINE, _parse_non_negative),
+                   LOG_BAYES_FACTOR_FOR_A_LINE, parse_non_negative),
     PipelineOption("profile", "line profile: gaussian, lorentzian or voigt (pseudo-Voigt)", "gaussian",
                    parse_choice(*PROFILES)),
     PipelineOption("continuum", "continuum: poly (polynomial), gp (polynomial mean + quasiseparable GP) "

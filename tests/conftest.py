@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,14 @@ def run_cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+def matern32_covariance(x, amp, scale) -> np.ndarray:
+    """The dense Matern-3/2 covariance ``amp^2 (1 + t) exp(-t)``, ``t = sqrt(3) |x_i - x_j| / scale``,
+    in float64: the independent reference for the GP likelihood tests."""
+    x = np.asarray(x, dtype=np.float64)
+    t = np.abs(x[:, None] - x[None, :]) * np.sqrt(3.0) / scale
+    return amp**2 * (1.0 + t) * np.exp(-t)
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> str:

@@ -20,7 +20,7 @@ from astropy.table import Table
 from astroinfer.pipeline import get_pipeline
 from astroinfer.pipelines import spectral_lines as sl
 
-from conftest import REPO, assert_one_line_error
+from conftest import REPO, assert_one_line_error, matern32_covariance
 
 DEMO = REPO / "catalogs" / "spectral_lines_demo.ecsv"
 DEMO_TRUTH = REPO / "catalogs" / "spectral_lines_demo.truth.json"
@@ -235,9 +235,7 @@ def test_gp_likelihood_matches_dense_matern32():
         value = float(trace["flux"]["fn"].log_prob(trace["flux"]["value"]))
     centre = -1 + 2 * 0.6
     mean = 0.7 * np.exp(-0.5 * ((x - centre) / 0.05) ** 2) + 0.2 - 0.3 * x
-    tau = np.abs(x[:, None] - x[None, :])
-    f = np.sqrt(3) / 0.4
-    cov = 0.8**2 * (1 + f * tau) * np.exp(-f * tau) + np.diag(sigma**2)
+    cov = matern32_covariance(x, 0.8, 0.4) + np.diag(sigma**2)
     assert value == pytest.approx(multivariate_normal(mean, cov).logpdf(y), rel=1e-6, abs=1e-5)
 
 
@@ -266,9 +264,7 @@ def test_fixed_gp_likelihood_value_and_gradient(noise):
     args = (jnp.asarray(x), jnp.asarray(variance), jnp.asarray(log_amp), jnp.asarray(log_scale))
     value, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(residual), *args)
 
-    tau = np.abs(x[:, None].astype(np.float64) - x[None, :])
-    f = np.sqrt(3) / np.exp(np.float64(log_scale))
-    cov = np.exp(2 * np.float64(log_amp)) * (1 + f * tau) * np.exp(-f * tau)
+    cov = matern32_covariance(x, np.exp(np.float64(log_amp)), np.exp(np.float64(log_scale)))
     cov[np.diag_indices(n)] += np.broadcast_to(np.asarray(variance, np.float64), (n,))
     chol = np.linalg.cholesky(cov)
     r64 = residual.astype(np.float64)
@@ -459,19 +455,16 @@ def test_nested_evidence_with_a_gp_continuum_matches_a_brute_force_grid():
     rng = np.random.default_rng(7)
     x = np.linspace(-1.0, 1.0, n)
     sigma = np.full(n, 0.15)
-    tau = np.abs(x[:, None] - x[None, :]) * np.sqrt(3.0) / 0.5
-    y = 0.3 + 0.2 * x + rng.multivariate_normal(np.zeros(n), 0.6**2 * (1 + tau) * np.exp(-tau)) \
+    y = 0.3 + 0.2 * x + rng.multivariate_normal(np.zeros(n), matern32_covariance(x, 0.6, 0.5)) \
         + sigma * rng.normal(size=n)
     design = np.stack([np.ones(n), x], axis=1)
     fixed = np.diag(sigma**2) + sl.COEF_SD**2 * design @ design.T
     log_amps = np.linspace(*sl.LOG_GP_AMP_BOUNDS, 241)
     log_scales = np.linspace(np.log(sl.GP_SCALE_MIN_U), np.log(sl.GP_SCALE_MAX_U), 241)
     mid_amps, mid_scales = 0.5 * (log_amps[1:] + log_amps[:-1]), 0.5 * (log_scales[1:] + log_scales[:-1])
-    dist = np.abs(x[:, None] - x[None, :])
     log_like = np.empty((mid_amps.size, mid_scales.size))
     for j, log_scale in enumerate(mid_scales):
-        t = dist * np.sqrt(3.0) / np.exp(log_scale)
-        shape = (1 + t) * np.exp(-t)
+        shape = matern32_covariance(x, 1.0, np.exp(log_scale))
         for i, log_amp in enumerate(mid_amps):
             factor = np.linalg.cholesky(np.exp(2 * log_amp) * shape + fixed)
             white = np.linalg.solve(factor, y)
