@@ -1325,7 +1325,7 @@ def least_squares_start(data: dict, start: dict[str, np.ndarray]) -> dict[str, n
     log_wmin, log_wmax = math.log(data["width_min"]), math.log(data["width_max"])
     voigt = profile == "voigt"
     if k:
-        centre0 = -1.0 + 2.0 * np.asarray(ordered_positions_np(start["center_q"]))
+        centre0 = line_centres_np(start["center_q"])
     parts0, lower, upper = [], [], []
     for j in range(k):
         parts0 += [centre0[j], start["amplitude_u"][j], start["log_width_u"][j]]
@@ -1400,16 +1400,6 @@ def least_squares_start(data: dict, start: dict[str, np.ndarray]) -> dict[str, n
         out["log_noise_u"] = np.asarray(np.clip(math.log(max(noise, 1e-300)), LOG_NOISE_BOUNDS[0] + 1e-3,
                                                 LOG_NOISE_BOUNDS[1] - 1e-3))
     return {name: np.asarray(v, dtype=np.float32) for name, v in out.items()}
-
-
-def ordered_positions_np(q: np.ndarray) -> np.ndarray:
-    """numpy version of :func:`ordered_positions`."""
-    q = np.asarray(q, dtype=np.float64)
-    out, u = np.empty(q.shape[0]), 0.0
-    for j in range(q.shape[0]):
-        u = u + (1.0 - u) * (1.0 - (1.0 - q[j]) ** (1.0 / (q.shape[0] - j)))
-        out[j] = u
-    return out
 
 
 def _started_at(values: dict[str, np.ndarray]):
