@@ -636,6 +636,12 @@ def fixed_gp_sites(data: dict) -> tuple[str, ...]:
     return sites + (("log_jitter_u",) if data.get("jitter") else ())
 
 
+def amplitude_bounds(sign: str, amp_max):
+    """(low, high) of a line's amplitude prior for ``sign``: emission (0, A), absorption
+    (-A, 0), both (-A, A)."""
+    return {"emission": (0.0, amp_max), "absorption": (-amp_max, 0.0), "both": (-amp_max, amp_max)}[sign]
+
+
 def model(x, flux, sigma=None, *, num_lines: int = 1, profile: str = "gaussian", continuum: str = "poly",
           degree: int = 1, kernel: str = "matern32", jitter: bool = False, sign: str = "emission",
           amp_max: float = 10.0, width_min: float = 1e-3, width_max: float = WIDTH_MAX_U, gp_fixed=None,
@@ -666,8 +672,7 @@ def model(x, flux, sigma=None, *, num_lines: int = 1, profile: str = "gaussian",
     q = log_width = amplitude = eta = coef = None
     if num_lines > 0:
         q = numpyro.sample("center_q", dist.Uniform(0.0, 1.0).expand([num_lines]).to_event(1))
-        low, high = {"emission": (0.0, amp_max), "absorption": (-amp_max, 0.0),
-                     "both": (-amp_max, amp_max)}[sign]
+        low, high = amplitude_bounds(sign, amp_max)
         amplitude = numpyro.sample("amplitude_u", dist.Uniform(low, high).expand([num_lines]).to_event(1))
         log_width = numpyro.sample(
             "log_width_u", dist.Uniform(log(width_min), log(width_max)).expand([num_lines]).to_event(1))
@@ -1173,8 +1178,7 @@ def searched_lines(data: dict, values: dict[str, np.ndarray], lines: tuple[list,
     else:
         chosen = list(range(k))
     coef = _line_search.coefficients(y, np.column_stack([fixed, candidates[:, chosen]]))
-    low, high = {"emission": (0.0, data["amp_max"]), "absorption": (-data["amp_max"], 0.0),
-                 "both": (-data["amp_max"], data["amp_max"])}[data["sign"]]
+    low, high = amplitude_bounds(data["sign"], data["amp_max"])
     margin = 1e-3 * data["amp_max"]
     amps = np.clip(coef[data["degree"] + 1:], low + margin, high - margin)
     placed = _line_values([grid[i][0] for i in chosen], amps, [grid[i][1] for i in chosen], profile)
@@ -1320,8 +1324,7 @@ def least_squares_start(data: dict, start: dict[str, np.ndarray]) -> dict[str, n
     k, profile = data["num_lines"], data["profile"]
     weight = 1.0 / np.asarray(data["sigma"], dtype=np.float64) if data["sigma"] is not None else 1.0
     ncoef = data["degree"] + 1 if data["continuum"] != "none" else 0
-    low_amp, high_amp = {"emission": (0.0, data["amp_max"]), "absorption": (-data["amp_max"], 0.0),
-                         "both": (-data["amp_max"], data["amp_max"])}[data["sign"]]
+    low_amp, high_amp = amplitude_bounds(data["sign"], data["amp_max"])
     log_wmin, log_wmax = math.log(data["width_min"]), math.log(data["width_max"])
     voigt = profile == "voigt"
     if k:
