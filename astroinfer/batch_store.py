@@ -31,16 +31,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from astroinfer.files import atomic_write
-from astroinfer.store import FORMAT_NAME, FORMAT_VERSION, ResultFileError, to_json
+from astroinfer.errors import ResultFileError, ResumeError
+from astroinfer.store import FORMAT_NAME, FORMAT_VERSION, to_json
 
 __all__ = ["BatchStore", "ResumeError", "summary_dataset", "SUMMARY_KEYS", "parts_folder"]
 
 SUMMARY_KEYS = ("mean", "sd", "quantiles", "mode_location", "mode_mass", "mode_mean", "mode_sd", "num_modes")
 _MODE_KEYS = {"mode_location", "mode_mass", "mode_mean", "mode_sd"}
-
-
-class ResumeError(ResultFileError):
-    """``--resume`` against parts of a different run (input, model or configuration)."""
 
 
 def parts_folder(out: str | os.PathLike) -> Path:

@@ -90,19 +90,10 @@ def configure_compilation_cache(environ: dict[str, str] | None = None) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input or usage (exit 2).
+    """Exception types that mean bad input or usage (exit 2)."""
+    from astroinfer.errors import USER_ERRORS
 
-    The engine's types are only looked up if the engine was imported (else none of its
-    errors can have been raised), so error paths stay fast.
-    """
-    from astroinfer.pipeline import PipelineError
-    from astroinfer.store import ResultFileError
-
-    types: list[type[BaseException]] = [PipelineError, ResultFileError]
-    engine = sys.modules.get("astroinfer.engine")
-    if engine is not None:
-        types += [engine.OptionError, engine.ModelError]
-    return tuple(types)
+    return USER_ERRORS
 
 
 def _quiet_arviz_logging() -> None:

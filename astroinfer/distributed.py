@@ -18,15 +18,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from astroinfer.pipeline import PipelineError
+from astroinfer.errors import SchedulerError
 
 __all__ = ["run_chunks", "SchedulerError", "LOCAL_WORKERS"]
 
 LOCAL_WORKERS = 2
-
-
-class SchedulerError(PipelineError):
-    """The scheduler cannot be used (dask missing, address unreachable, model not importable)."""
 
 
 def _worker_run(spec, index: int, batched: dict[str, np.ndarray], shared: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -43,6 +43,10 @@ from importlib import import_module, metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from astroinfer.errors import (
+    InputError, OutputError, PipelineError, PipelineLoadError, UnknownPipelineError,
+)
+
 if TYPE_CHECKING:
     from astroinfer.result import Result
 
@@ -63,29 +67,6 @@ BUILTIN: dict[str, str] = {
     "spectral-lines": "astroinfer.pipelines.spectral_lines:PIPELINE",
     "gaia-cluster": "astroinfer.pipelines.gaia_cluster:PIPELINE",
 }
-
-
-class PipelineError(ValueError):
-    """Base of the user-facing pipeline errors (bad name, bad input, bad output path)."""
-
-
-class InputError(PipelineError):
-    """An input file (or load option) is missing, unreadable or fails validation.
-
-    The message is one line: the file, the column or option, and what was expected.
-    """
-
-
-class UnknownPipelineError(PipelineError):
-    """No pipeline of that name is registered."""
-
-
-class OutputError(PipelineError):
-    """The output path cannot be written (missing folder, a folder, the input itself)."""
-
-
-class PipelineLoadError(RuntimeError):
-    """A registered pipeline failed to import or is not a :class:`Pipeline` (a broken install)."""
 
 
 @dataclass
@@ -244,7 +225,8 @@ class Pipeline:
         folders = []
         if self.module_file:
             here = Path(self.module_file).resolve().parent
-            folders.append(here.parent / "catalogs")  # source tree: pipelines/../catalogs
+            # Source tree: pipelines/<name>/../../catalogs (a package) or pipelines/../catalogs.
+            folders.extend(parent / "catalogs" for parent in here.parents[:2])
             folders.append(here)  # installed as package data next to the module
         return folders
 

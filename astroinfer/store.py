@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from astroinfer.errors import ResultFileError
 from astroinfer.files import atomic_write
 
 if TYPE_CHECKING:
@@ -40,10 +41,6 @@ _DEPENDENCIES = (
     "astroinfer", "jax", "jaxlib", "numpyro", "blackjax", "flowjax", "arviz",
     "xarray", "h5netcdf", "h5py", "numpy", "astropy", "tinygp",
 )
-
-
-class ResultFileError(ValueError):
-    """The file is missing, unreadable or not an astroinfer result file."""
 
 
 def _version(name: str) -> str:

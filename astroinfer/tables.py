@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from astroinfer.pipeline import InputError, OutputError
+from astroinfer.errors import InputError, OutputError
 
 __all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_table", "float_column", "check_simulate_target"]
 

@@ -16,8 +16,7 @@ import numpy as np
 
 from astroinfer.engine import flowmc, nested, nuts
 from astroinfer.engine.diagnostics import convergence_diagnostics
-from astroinfer.engine.errors import OptionError
-from astroinfer.engine.model import ModelError
+from astroinfer.errors import ConvergenceWarning, ModelError, OptionError
 from astroinfer.engine.run import MethodRun
 from astroinfer.engine.timing import CompileTimer
 from astroinfer.result import Result
@@ -29,10 +28,6 @@ __all__ = [
 ]
 
 METHODS: dict[str, Any] = {"nuts": nuts, "nested": nested, "flowmc": flowmc}
-
-
-class ConvergenceWarning(UserWarning):
-    """Poor convergence: R-hat, divergences, low ESS or a large evidence error."""
 
 
 def method_defaults(method: str) -> dict[str, Any]:

@@ -1,7 +1,5 @@
-"""Errors the engine reports to users: bad settings (exit status 2 from the CLI)."""
+"""The engine's error types (defined in the leaf module :mod:`astroinfer.errors`)."""
 
-__all__ = ["OptionError"]
+from astroinfer.errors import ConvergenceWarning, ModelError, OptionError
 
-
-class OptionError(ValueError):
-    """An unknown method, an unknown option or an option value of the wrong kind."""
+__all__ = ["OptionError", "ModelError", "ConvergenceWarning"]

@@ -25,11 +25,11 @@ from numpyro.infer.util import (
 )
 from numpyro.infer.initialization import init_to_median
 
+from astroinfer.errors import ModelError
+
 __all__ = ["ModelBridge", "ModelError"]
 
 
-class ModelError(ValueError):
-    """The model cannot be run by the engine (a clear, user-facing reason)."""
 
 
 @dataclass(frozen=True)
