@@ -24,7 +24,7 @@ _LAZY = {
     "ModelError": "astroinfer.engine",
     "OptionError": "astroinfer.engine",
     "Result": "astroinfer.result",
-    "load": "astroinfer.store",
+    "load": "astroinfer.result",
     "ResultFileError": "astroinfer.store",
     "run_pipeline": "astroinfer.pipeline",
 }

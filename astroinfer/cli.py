@@ -15,19 +15,8 @@ file left behind); 1 an internal error (with its traceback, to report).
 JAX, NumPyro and the engine are imported inside the commands, after :func:`main` has asked
 XLA for one CPU device per core (up to 2) so that NUTS chains run in parallel.
 
-The ``--config`` TOML file holds run settings and method options::
-
-    method = "nested"        # optional; --method wins
-    seed = 1                 # optional; --seed wins
-    num_samples = 2000       # optional; --samples wins
-
-    [nuts]                   # options of each method (astroinfer.method_defaults(method))
-    num_warmup = 500
-    [nested]
-    num_live_points = 1000
-
-Only the chosen method's table is used, but every table is checked: an unknown key
-anywhere is an error.
+The ``--config`` TOML file and the precedence of settings are described in
+:mod:`astroinfer.settings`; the CLI and :func:`astroinfer.run_pipeline` share them.
 """
 
 from __future__ import annotations
@@ -43,9 +32,9 @@ import click
 from astroinfer.files import atomic_write
 
 PROG = "astroinfer"
-METHOD_NAMES = ("nuts", "nested", "flowmc")
 GENERIC_PLOT_KINDS = ("corner", "trace", "flow")
-CONFIG_KEYS = ("method", "seed", "num_samples")
+#: Settings named by their flags in error messages.
+FLAG_LABELS = {"num_chains": "--chains", "num_warmup": "--warmup", "retrain": "--retrain"}
 MAX_DEVICES = 2
 
 
@@ -152,61 +141,11 @@ def _describe_pipeline(pipe) -> None:
             usage = option.cli_flag + ("" if option.flag else " VALUE")
             default = "" if option.default is None else f" [default: {option.default}]"
             click.echo(f"  {usage:28s} {option.help}{default}")
+    click.echo(f"\nmethods: {', '.join(pipe.methods)} [default: {pipe.default_method}]")
     kinds = [*GENERIC_PLOT_KINDS, *pipe.plots]
     click.echo(f"\nplot kinds: {', '.join(kinds)}")
     if pipe.batch:
         click.echo("batch pipeline: accepts --scheduler local|ADDRESS and --resume")
-
-
-def _read_config(path: str) -> dict[str, Any]:
-    import tomllib
-
-    file = Path(path)
-    if not file.exists():
-        _fail(f"{path}: no such file (the --config TOML file)")
-    if file.is_dir():
-        _fail(f"{path}: is a folder; --config expects a TOML file")
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        _fail(f"{path}: not a text file; --config expects a TOML file")
-    except OSError as err:
-        _fail(f"{path}: cannot read the file: {err.strerror or err}")
-    try:
-        config = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        _fail(f"{path}: invalid TOML: {_one_line(err)}")
-    return config
-
-
-def _check_config(path: str, config: dict[str, Any]) -> None:
-    """Every key known, every method table valid (raises CLIError)."""
-    from astroinfer.engine import OptionError, validate_options
-
-    for key, value in config.items():
-        if key == "pipeline":
-            if not isinstance(value, dict):
-                _fail(f"{path}: 'pipeline' must be a table ([pipeline]) of the pipeline's own options")
-        elif key in METHOD_NAMES:
-            if not isinstance(value, dict):
-                _fail(f"{path}: '{key}' must be a table ([{key}]) of method options")
-            try:
-                validate_options(key, value)
-            except OptionError as err:
-                _fail(f"{path}: [{key}] {_one_line(err)}")
-        elif key not in CONFIG_KEYS:
-            _fail(
-                f"{path}: unknown key '{key}'; expected {', '.join(CONFIG_KEYS)} "
-                f"or tables {', '.join(f'[{m}]' for m in (*METHOD_NAMES, 'pipeline'))}"
-            )
-    if "method" in config and config["method"] not in METHOD_NAMES:
-        _fail(f"{path}: method must be one of {', '.join(METHOD_NAMES)}, got {config['method']!r}")
-    for key in ("seed", "num_samples"):
-        if key in config:
-            value, low = config[key], (0 if key == "seed" else 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                kind = "a non-negative" if low == 0 else "a positive"
-                _fail(f"{path}: {key} must be {kind} integer, got {value!r}")
 
 
 def _print_summary(summary: Any) -> None:
@@ -224,8 +163,9 @@ def _print_summary(summary: Any) -> None:
 @click.argument("pipeline")
 @click.argument("input", required=False)
 @click.option("-o", "--out", "out", metavar="OUT.h5", help="Result file [default: PIPELINE.h5 here].")
-@click.option("--method", type=click.Choice(METHOD_NAMES), default=None,
-              help="Inference method [default: the config's method, else the pipeline's (nuts for most)].")
+@click.option("--method", default=None, metavar="METHOD",
+              help="Inference method: nuts, nested, flowmc, or one a pipeline adds (`astroinfer pipelines "
+                   "PIPELINE` lists them) [default: the config's method, else the pipeline's].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed [default: 0].")
 @click.option("--config", "config_path", metavar="OPTIONS.toml", help="TOML file of settings and method options.")
 @click.option("--chains", type=click.IntRange(min=1), default=None, help="Chains (num_chains; nuts, flowmc).")
@@ -255,61 +195,34 @@ def run_command(ctx, pipeline, input, out, method, seed, config_path, chains, sa
       num_live_points = 1000  # (astroinfer.method_defaults(method) lists them)
       [pipeline]              # the pipeline's own options; command-line flags win
     """
-    from astroinfer.pipeline import check_pipeline_method, check_pipeline_options, get_pipeline, parse_option_args
+    from astroinfer.pipeline import RunSettings, get_pipeline, parse_option_args
 
     pipe = get_pipeline(pipeline)  # an unknown name fails before anything else is read
     if input is not None and input.startswith("--"):  # a pipeline option, not a file name
         ctx.args.insert(0, input)
         input = None
-    load_options = parse_option_args(pipeline, pipe.options, ctx.args)
-    config = _read_config(config_path) if config_path else {}
-    _check_config(config_path, config)
-    if "pipeline" in config:
-        try:
-            check_pipeline_options(pipe, config["pipeline"])
-        except ValueError as err:
-            _fail(f"{config_path}: [pipeline] {_one_line(err)}")
-        load_options = {**config["pipeline"], **load_options}
-    method = check_pipeline_method(pipe, method or config.get("method"))
-
-    from astroinfer.engine import method_defaults
-    from astroinfer.pipeline import check_run_settings
-
-    defaults = method_defaults(method)
-    options = dict(config.get(method, {}))
-    for flag, option, value in (("--chains", "num_chains", chains), ("--warmup", "num_warmup", warmup)):
-        if value is None:
-            continue
-        if option not in defaults:
-            _fail(f"{flag} does not apply to method '{method}' (it has no {option} option)")
-        options[option] = value
-    seed = seed if seed is not None else config.get("seed", 0)
-    num_samples = samples if samples is not None else config.get("num_samples", 1000)
-    check_run_settings(method, seed, num_samples, options)
-    out = out or f"{pipeline}.h5"
-    execution = {"scheduler": scheduler, "resume": resume}
-    if retrain and method != "flowmc":
-        _fail(f"--retrain applies to method 'flowmc' only (the method is '{method}')")
-
-    _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet,
-         reuse_flow=not retrain)
+    settings = RunSettings(
+        method=method, seed=seed, num_samples=samples, num_chains=chains, num_warmup=warmup,
+        pipeline_options=parse_option_args(pipeline, pipe.options, ctx.args), config=config_path,
+        execution={"scheduler": scheduler, "resume": resume}, retrain=retrain, labels=FLAG_LABELS,
+    )
+    _run(pipeline, input, out or f"{pipeline}.h5", settings, quiet)
 
 
-def _run(pipeline, input, out, method, seed, num_samples, options, load_options, execution, quiet,
-         reuse_flow=True) -> None:
+def _run(pipeline: str, input: str | None, out: str, settings, quiet: bool) -> None:
     import warnings
 
     from astroinfer.engine import ConvergenceWarning
     from astroinfer.pipeline import prepare
 
-    prepared = prepare(pipeline, input, out, method, seed, num_samples=num_samples,
-                       load_options=load_options, execution=execution, **options)
+    prepared = prepare(pipeline, input, out, settings)
     pipe, data = prepared.pipeline, prepared.loaded
     if not quiet:
         source = "" if input is not None else " (demo input)"
-        _echo_err(f"{pipeline} on {prepared.input_path}{source} with {method}, seed {seed} -> {out}")
-    if reuse_flow and prepared.reuse_stored_flow() and not quiet:
-        _echo_err(f"reusing the flow stored in {out} (same model and data; --retrain trains a new one)")
+        _echo_err(f"{pipeline} on {prepared.input_path}{source} with {prepared.method}, "
+                  f"seed {prepared.seed} -> {out}")
+        if prepared.flow_reused:
+            _echo_err(f"reusing the flow stored in {out} (same model and data; --retrain trains a new one)")
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # printed below, one line each
@@ -333,7 +246,7 @@ def _run(pipeline, input, out, method, seed, num_samples, options, load_options,
 
 
 def _load_result(path: str):
-    from astroinfer.store import load
+    from astroinfer.result import load
 
     return load(path)
 

@@ -46,6 +46,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from astroinfer.errors import (
     InputError, OutputError, PipelineError, PipelineLoadError, UnknownPipelineError,
 )
+from astroinfer.settings import (
+    EXECUTION_DEFAULTS, RunSettings, check_execution, check_pipeline_method, check_pipeline_options,
+)
 
 if TYPE_CHECKING:
     from astroinfer.result import Result
@@ -54,7 +57,7 @@ __all__ = [
     "Pipeline", "PipelineData", "PipelineOption", "parse_option_args", "parse_positive", "parse_non_negative",
     "parse_count", "parse_choice", "EXECUTION_DEFAULTS", "PipelineError", "InputError", "UnknownPipelineError",
     "OutputError", "PipelineLoadError", "get_pipeline", "list_pipelines", "pipeline_names", "run_pipeline",
-    "prepare", "PreparedRun", "check_run_settings", "check_pipeline_options", "check_pipeline_method", "check_execution", "check_output_path", "user_cache_dir",
+    "prepare", "PreparedRun", "RunSettings", "check_pipeline_options", "check_pipeline_method", "check_execution", "check_output_path", "user_cache_dir",
     "ENTRY_POINT_GROUP", "BUILTIN",
 ]
 
@@ -189,10 +192,6 @@ def parse_option_args(pipeline_name: str, options: tuple[PipelineOption, ...], a
     return values
 
 
-#: Execution settings of batch pipelines and their defaults.
-EXECUTION_DEFAULTS: dict[str, Any] = {"scheduler": None, "resume": False}
-
-
 @dataclass(frozen=True)
 class Pipeline:
     """One domain pipeline; see the module docstring for the meaning of each part.
@@ -308,16 +307,6 @@ def list_pipelines() -> list[Pipeline]:
 
 
 # -- running -------------------------------------------------------------------------
-def check_run_settings(method: str, seed: Any, num_samples: Any, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Refuse a bad method, seed, sample count or option before any data is read.
-
-    Returns the method's resolved options; raises ``astroinfer.OptionError``.
-    """
-    from astroinfer.engine import check_settings
-
-    return check_settings(method, seed, num_samples, dict(options))
-
-
 def check_output_path(out: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
     """Refuse an output path that cannot be written, before any sampling is done."""
     path = Path(out)
@@ -336,7 +325,12 @@ def check_output_path(out: str | os.PathLike, input_path: str | os.PathLike | No
 
 @dataclass
 class PreparedRun:
-    """A run whose settings, input and output path have been checked; :meth:`sample` runs it."""
+    """A run whose settings, input and output path have been checked; :meth:`sample` runs it.
+
+    ``options`` are the method options and ``load_options`` the pipeline's own, both as given
+    after :class:`RunSettings` resolved them; ``flow_reused`` says whether a flow stored in
+    ``out`` is reused (flow-MC).
+    """
 
     pipeline: Pipeline
     input_path: Path
@@ -348,6 +342,7 @@ class PreparedRun:
     options: dict[str, Any]
     load_options: dict[str, Any]
     execution: dict[str, Any] = field(default_factory=lambda: dict(EXECUTION_DEFAULTS))
+    flow_reused: bool = False
 
     def sample(self, progress: bool = False) -> "Result":
         """Sample (the pipeline's own ``sample`` hook if it has one), then :meth:`finish`."""
@@ -360,13 +355,17 @@ class PreparedRun:
         method, seed and options; ``overrides`` replace any of them (``data``, ``model``,
         ``method``, ``seed``, ``num_samples`` or method options)."""
         from astroinfer.engine import sample
+        from astroinfer.store import record_input
 
         settings: dict[str, Any] = {
             "model": self.pipeline.model, "data": self.loaded.data, "method": self.method,
             "seed": self.seed, "num_samples": self.num_samples, **self.options,
         }
         settings.update(overrides)
-        return sample(progress=progress, pipeline=self.pipeline.name, input_path=str(self.input_path), **settings)
+        result = sample(progress=progress, **settings)
+        # The engine knows no pipeline: the run's pipeline and input file are recorded here.
+        record_input(result.provenance, pipeline=self.pipeline.name, input_path=self.input_path)
+        return result
 
     def reuse_stored_flow(self) -> bool:
         """For ``method="flowmc"``: when ``out`` already holds a flow trained on this model
@@ -381,6 +380,7 @@ class PreparedRun:
         if not stored_flow_matches(self.out, self.pipeline.model, self.loaded.data, resolved):
             return False
         self.options["reuse_flow"] = str(self.out)
+        self.flow_reused = True
         return True
 
     def finish(self, result: "Result") -> "Result":
@@ -393,69 +393,25 @@ class PreparedRun:
         return result
 
 
-def prepare(
-    name: str,
-    input: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    method: str | None = None,
-    seed: int = 0,
-    *,
-    num_samples: int = 1000,
-    load_options: Mapping[str, Any] | None = None,
-    execution: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> PreparedRun:
+def prepare(name: str, input: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+            settings: RunSettings | None = None) -> PreparedRun:
     """Check everything a run needs, cheapest first, and load the input; sample nothing.
 
-    ``method`` None means the pipeline's ``default_method``.
+    ``settings`` (a :class:`RunSettings`) are resolved against the pipeline: its default
+    method, a config file's settings, the engine's defaults. A stored flow in ``out`` is
+    reused for flow-MC unless ``settings.retrain``.
     """
     pipeline = get_pipeline(name)
-    method = check_pipeline_method(pipeline, method)
-    check_run_settings(method, seed, num_samples, options)
-    load_options = dict(load_options or {})
-    check_pipeline_options(pipeline, load_options)
-    execution = check_execution(pipeline, execution)
+    resolved = (settings or RunSettings()).resolve(pipeline)
     input_path = Path(input) if input is not None else pipeline.demo_input()
     out_path = check_output_path(out, input_path) if out is not None else None
-    loaded = pipeline.load(input_path, **load_options)
-    return PreparedRun(pipeline, input_path, loaded, out_path, method, seed, num_samples,
-                       dict(options), load_options, execution)
-
-
-def check_pipeline_method(pipeline: Pipeline, method: str | None) -> str:
-    """The method a run of ``pipeline`` uses: ``method``, or the pipeline's default."""
-    method = pipeline.default_method if method is None else method
-    if method not in pipeline.methods:
-        raise PipelineError(f"--method {method} is not available for pipeline '{pipeline.name}'; "
-                            f"it runs with {', '.join(pipeline.methods)}")
-    return method
-
-
-def check_pipeline_options(pipeline: Pipeline, load_options: Mapping[str, Any],
-                           which: str = "options") -> None:
-    """Refuse keys that are not among the pipeline's ``options`` (or ``simulate_options``)."""
-    known = {option.name for option in getattr(pipeline, which)}
-    unknown = sorted(set(load_options) - known)
-    if unknown:
-        listed = ", ".join(sorted(known)) or "none"
-        raise PipelineError(f"unknown option(s) {', '.join(unknown)} for pipeline '{pipeline.name}'; "
-                            f"its options are {listed}")
-
-
-def check_execution(pipeline: Pipeline, execution: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Execution settings merged with their defaults; only batch pipelines take non-defaults."""
-    given = dict(execution or {})
-    unknown = sorted(set(given) - set(EXECUTION_DEFAULTS))
-    if unknown:
-        raise PipelineError(f"unknown execution setting(s) {', '.join(unknown)}; expected "
-                            f"{', '.join(EXECUTION_DEFAULTS)}")
-    merged = {**EXECUTION_DEFAULTS, **given}
-    if not pipeline.batch:
-        changed = [k for k, v in merged.items() if v != EXECUTION_DEFAULTS[k]]
-        if changed:
-            raise PipelineError(f"--{changed[0]} applies only to batch pipelines (many independent "
-                                f"problems); '{pipeline.name}' runs one inference")
-    return merged
+    loaded = pipeline.load(input_path, **resolved.pipeline_options)
+    prepared = PreparedRun(pipeline, input_path, loaded, out_path, resolved.method, resolved.seed,
+                           resolved.num_samples, dict(resolved.options), dict(resolved.pipeline_options),
+                           resolved.execution)
+    if resolved.reuse_flow:
+        prepared.reuse_stored_flow()
+    return prepared
 
 
 def run_pipeline(
@@ -463,20 +419,29 @@ def run_pipeline(
     input: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     method: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     *,
-    num_samples: int = 1000,
+    num_samples: int | None = None,
     progress: bool = False,
     load_options: Mapping[str, Any] | None = None,
     execution: Mapping[str, Any] | None = None,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    retrain: bool = False,
     **options: Any,
 ) -> "Result":
     """Load ``input`` with pipeline ``name`` (its demo input if None), sample, save to ``out``.
+
+    ``method`` None means the config's method, else the pipeline's default; ``seed`` and
+    ``num_samples`` None mean the config's, else 0 and 1000. ``config`` is a TOML file (or a
+    dict of the same layout) as ``astroinfer run --config`` takes; explicit arguments win over
+    it. ``options`` are method options (``num_warmup``, ``num_live_points``, ...). For flow-MC
+    a flow stored in ``out`` for the same model and data is reused unless ``retrain``.
 
     Bad settings raise ``astroinfer.OptionError`` and a bad input :class:`InputError`, both
     before any sampling; ``out`` (if given) is written atomically, so a failing run never
     leaves a partial file and never destroys an existing one. Returns the ``Result``.
     """
-    run = prepare(name, input, out, method, seed, num_samples=num_samples, load_options=load_options,
-                  execution=execution, **options)
-    return run.sample(progress=progress)
+    settings = RunSettings(method=method, seed=seed, num_samples=num_samples, options=dict(options),
+                           pipeline_options=dict(load_options or {}), config=config,
+                           execution=dict(execution or {}), retrain=retrain)
+    return prepare(name, input, out, settings).sample(progress=progress)

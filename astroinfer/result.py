@@ -1,19 +1,25 @@
-"""The one result type every inference method returns."""
+"""The one result type every inference method returns, and :func:`load` for result files.
+
+``Result`` is the plain fields the store reads and writes (:class:`astroinfer.store.ResultFields`)
+with the methods users call on them; this module uses the store, never the other way round.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import arviz as az
 
-__all__ = ["Result"]
+from astroinfer import store
+
+__all__ = ["Result", "load"]
 
 
 @dataclass
-class Result:
+class Result(store.ResultFields):
     """Posterior draws, evidence and diagnostics of one run.
 
     Attributes
@@ -34,12 +40,10 @@ class Result:
         Versions, method, options, seed, input file and hash, command line, times.
     """
 
-    idata: az.InferenceData
-    method: str
-    log_evidence: float | None = None
-    log_evidence_err: float | None = None
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
+    @classmethod
+    def from_fields(cls, fields: store.ResultFields) -> "Result":
+        """The result with the fields of ``fields`` (the same objects, not copies)."""
+        return cls(**{f.name: getattr(fields, f.name) for f in dataclasses.fields(store.ResultFields)})
 
     @property
     def posterior(self):
@@ -57,6 +61,9 @@ class Result:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to one HDF5 file atomically; see :mod:`astroinfer.store`."""
-        from astroinfer import store
-
         return store.save(self, path)
+
+
+def load(path: str | os.PathLike) -> Result:
+    """Read a result file written by :meth:`Result.save`."""
+    return Result.from_fields(store.load(path))

@@ -11,6 +11,10 @@ Layout (every group is a netCDF group, so ``arviz.from_netcdf``, xarray and h5py
 
 Files are written under a temporary name in the target folder and renamed into place,
 so a crash or a kill while saving never leaves a half-written file under the final name.
+
+The store reads and writes plain fields (:class:`ResultFields`); :class:`astroinfer.Result`
+adds the methods on top, so this module imports nothing of the engine and no JAX (the CLI
+imports it for ``show``).
 """
 
 from __future__ import annotations
@@ -20,20 +24,23 @@ import json
 import os
 import platform
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import arviz as az
+import h5py
 import numpy as np
 
 from astroinfer.errors import ResultFileError
 from astroinfer.files import atomic_write
 
-if TYPE_CHECKING:
-    from astroinfer.result import Result
-
-__all__ = ["save", "load", "ResultFileError", "FORMAT_VERSION", "provenance", "file_sha256"]
+__all__ = [
+    "save", "load", "ResultFields", "ResultFileError", "FORMAT_VERSION", "provenance", "record_input",
+    "file_sha256", "utc_now", "is_result_file",
+]
 
 FORMAT_NAME = "astroinfer-result"
 FORMAT_VERSION = "1"
@@ -48,6 +55,19 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+@dataclass
+class ResultFields:
+    """The plain fields of one result, as :func:`save` writes and :func:`load` reads them
+    (see :class:`astroinfer.Result` for their meaning)."""
+
+    idata: az.InferenceData
+    method: str
+    log_evidence: float | None = None
+    log_evidence_err: float | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -81,16 +101,23 @@ def provenance(
         "method": method,
         "options": options,
         "seed": int(seed),
-        "pipeline": pipeline,
+        "pipeline": None,
         "input_path": None,
         "input_sha256": None,
         "command_line": " ".join(sys.argv),
         "started_utc": started,
         "finished_utc": finished,
     }
-    if input_path is not None:
-        record["input_path"] = str(Path(input_path).resolve())
-        record["input_sha256"] = file_sha256(input_path)
+    return record_input(record, pipeline=pipeline, input_path=input_path)
+
+
+def record_input(record: dict[str, Any], *, pipeline: str | None = None,
+                 input_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Set the pipeline and the input file (resolved path and sha256) in the provenance
+    ``record`` (a result's ``provenance``), in place; returns it."""
+    record["pipeline"] = pipeline
+    record["input_path"] = None if input_path is None else str(Path(input_path).resolve())
+    record["input_sha256"] = None if input_path is None else file_sha256(input_path)
     return record
 
 
@@ -108,8 +135,9 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, allow_nan=True, sort_keys=True)
 
 
-def save(result: "Result", path: str | os.PathLike) -> Path:
-    """Write ``result`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+def save(result: ResultFields, path: str | os.PathLike) -> Path:
+    """Write the fields of ``result`` (a :class:`ResultFields` or a ``Result``) to ``path``
+    atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     folder = path.resolve().parent
     if not folder.is_dir():
@@ -132,8 +160,6 @@ def save(result: "Result", path: str | os.PathLike) -> Path:
 
 
 def is_result_file(path: str | os.PathLike) -> bool:
-    import h5py
-
     try:
         with h5py.File(path, "r") as handle:
             marker = handle.attrs.get("astroinfer_format")
@@ -144,12 +170,9 @@ def is_result_file(path: str | os.PathLike) -> bool:
     return marker == FORMAT_NAME
 
 
-def load(path: str | os.PathLike) -> "Result":
-    """Read a result file written by :func:`save`."""
-    import arviz as az
-
-    from astroinfer.result import Result
-
+def load(path: str | os.PathLike) -> ResultFields:
+    """Read the fields of a result file written by :func:`save` (``astroinfer.load`` returns
+    them as a :class:`~astroinfer.Result`)."""
     path = Path(path)
     if not path.exists():
         raise ResultFileError(f"{path}: no such file")
@@ -162,7 +185,7 @@ def load(path: str | os.PathLike) -> "Result":
     attrs = dict(idata.attrs)
     log_z = attrs.get("log_evidence")
     log_z_err = attrs.get("log_evidence_err")
-    return Result(
+    return ResultFields(
         idata=idata,
         method=str(attrs.get("method")),
         log_evidence=None if log_z is None else float(log_z),

@@ -8,6 +8,7 @@ expected of it.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,7 +17,10 @@ import numpy as np
 
 from astroinfer.errors import InputError, OutputError
 
-__all__ = ["READ_FORMATS", "extension", "first_line", "check_readable", "read_table", "float_column", "check_simulate_target"]
+__all__ = [
+    "READ_FORMATS", "extension", "first_line", "check_readable", "read_table", "find_column", "shown_columns",
+    "float_column", "check_simulate_target", "truth_path",
+]
 
 #: astropy format of each file-name ending the readers know (longest ending wins).
 READ_FORMATS = {
@@ -85,6 +89,25 @@ def read_table(path: Path, expected: str):
     return table
 
 
+def find_column(names, *wanted: str) -> str | None:
+    """The first of ``wanted`` among the column ``names``: matched exactly, then ignoring case;
+    None when none is there."""
+    names = list(names)
+    for candidate in wanted:
+        if candidate in names:
+            return candidate
+        found = next((n for n in names if n.lower() == candidate.lower()), None)
+        if found is not None:
+            return found
+    return None
+
+
+def shown_columns(names, limit: int = 12) -> str:
+    """The first ``limit`` column names, for an error line that says what the file holds."""
+    names = list(names)
+    return (", ".join(names[:limit]) + (", ..." if len(names) > limit else "")) or "no columns"
+
+
 def float_column(table, path: Path, name: str) -> np.ndarray:
     """Column ``name`` of ``table`` as float64, empty (masked) entries as NaN.
 
@@ -117,3 +140,16 @@ def check_simulate_target(path: Path, seed: Any, write_formats: Mapping[str, str
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OutputError(f"seed must be a non-negative integer, got {seed!r}")
     return ending
+
+
+#: Endings of the files simulators write beyond the tables (the ionosphere h5parm).
+_SIMULATED_FORMATS = {**READ_FORMATS, ".h5": "hdf5"}
+
+
+def truth_path(path: str | os.PathLike) -> Path:
+    """The truth sidecar a simulator writes next to its file: ``demo.csv``, ``demo.fits.gz``
+    or ``demo.h5`` -> ``demo.truth.json``."""
+    path = Path(path)
+    ending = extension(path, _SIMULATED_FORMATS)
+    stem = path.name[: -len(ending)] if ending and path.name.lower().endswith(ending) else path.stem
+    return path.with_name(f"{stem}.truth.json")

@@ -42,7 +42,9 @@ import numpy as np
 
 from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData
-from astroinfer.tables import READ_FORMATS, check_simulate_target, extension, float_column, read_table
+from astroinfer.tables import (
+    READ_FORMATS, check_simulate_target, extension, find_column, float_column, read_table, shown_columns, truth_path,
+)
 
 if TYPE_CHECKING:
     from astroinfer.result import Result
@@ -60,14 +62,12 @@ _EXPECTED = "a table with columns x, y, sigma_y (CSV, ECSV, FITS or VOTable)"
 
 # -- load and validate ---------------------------------------------------------------
 def _find_column(table, path: Path, wanted: str, option: str) -> str:
-    names = list(table.colnames)
-    name = wanted if wanted in names else next((n for n in names if n.lower() == wanted.lower()), None)
+    name = find_column(table.colnames, wanted)
     if name is None:
-        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
         hint = "" if wanted == option else f" (named by the load option {option}=)"
         raise InputError(
             f"{path}: column '{wanted}' is missing{hint}; expected columns x, y, sigma_y; "
-            f"found {shown or 'no columns'}"
+            f"found {shown_columns(table.colnames)}"
         )
     return name
 
@@ -165,14 +165,6 @@ def model(x, y, sigma_y):
 
 
 # -- simulate ------------------------------------------------------------------------
-def truth_path(path: str | os.PathLike) -> Path:
-    """The truth sidecar of a simulated table: ``demo.csv`` -> ``demo.truth.json``."""
-    path = Path(path)
-    ext = extension(path)
-    stem = path.name[: -len(ext)] if ext and path.name.lower().endswith(ext) else path.stem
-    return path.with_name(f"{stem}.truth.json")
-
-
 def simulate(path: str | os.PathLike, seed: int = 0, *, num_points: int = 50,
              truth: dict[str, float] | None = None) -> dict[str, Any]:
     """Write a synthetic line-fit table to ``path`` (.csv, .ecsv or .fits); return the truth.

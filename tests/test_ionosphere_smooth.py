@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from astroinfer.pipelines._ionosphere_smooth import smooth_screen
+from astroinfer.pipelines.ionosphere.smooth import smooth_screen
 
 
 def _smooth_series_with_outliers(seed=0, num_series=40, num_times=200, num_outliers=50, num_flagged=30):

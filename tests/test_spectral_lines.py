@@ -332,7 +332,7 @@ def test_line_search_score_is_the_least_squares_gain_plus_the_laplace_volume():
     """``_scores``: half the drop in the residual sum of squares when a candidate joins the
     fitted columns (computed here by ``lstsq`` on the full design), plus the volume terms
     ``-log g - log |b| + log w``; ``-inf`` for a wrong-signed amplitude."""
-    from astroinfer.pipelines import _line_search
+    from astroinfer.pipelines.spectral_lines import gp_start as _line_search
 
     rng = np.random.default_rng(3)
     n = 80

@@ -1,24 +1,27 @@
 """The shared inference engine: any NumPyro model, three methods, one ``Result``.
 
 ``sample(model, data, method=...)`` validates the options, runs the method and turns its
-output into an ``arviz.InferenceData`` with diagnostics and provenance. The engine knows no
-pipeline.
+output into an ``arviz.InferenceData`` with diagnostics and provenance. Each method follows
+the protocol of :mod:`astroinfer.engine.method` (``check``, ``build``, ``run``), so
+``sample`` is a thin loop over it. The engine knows no pipeline.
 """
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any, Callable
 
 import arviz as az
 import numpy as np
+from numpyro import handlers
 
 from astroinfer.engine import flowmc, nested, nuts
 from astroinfer.engine.diagnostics import convergence_diagnostics
-from astroinfer.errors import ConvergenceWarning, ModelError, OptionError
+from astroinfer.engine.method import Method, is_count
+from astroinfer.engine.model import ModelBridge
 from astroinfer.engine.run import MethodRun
 from astroinfer.engine.timing import CompileTimer
+from astroinfer.errors import ConvergenceWarning, ModelError, OptionError
 from astroinfer.result import Result
 from astroinfer.store import provenance, utc_now
 
@@ -27,13 +30,13 @@ __all__ = [
     "ModelError", "OptionError", "ConvergenceWarning",
 ]
 
-METHODS: dict[str, Any] = {"nuts": nuts, "nested": nested, "flowmc": flowmc}
+METHODS: dict[str, Method] = {"nuts": nuts.METHOD, "nested": nested.METHOD, "flowmc": flowmc.METHOD}
 
 
 def method_defaults(method: str) -> dict[str, Any]:
     """The options of ``method`` ("nuts", "nested" or "flowmc") with their default values."""
     check_method(method)
-    return dict(METHODS[method].DEFAULTS)
+    return dict(METHODS[method].defaults)
 
 
 def check_method(method: str) -> None:
@@ -41,45 +44,10 @@ def check_method(method: str) -> None:
         raise OptionError(f"unknown method '{method}': expected one of {', '.join(METHODS)}")
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def validate_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     """Defaults merged with ``options``; unknown keys and wrongly typed values are refused."""
-    defaults = method_defaults(method)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise OptionError(
-            f"unknown option(s) for method '{method}': {', '.join(unknown)}; "
-            f"valid options are {', '.join(sorted(defaults))}"
-        )
-    merged = {**defaults, **options}
-    for name, value in options.items():
-        default = defaults[name]
-        if _is_count(default) or (default is None and name.startswith("num_")):
-            if value is None and default is None:
-                continue
-            if not _is_count(value) or value < 1:
-                raise OptionError(f"option {name} must be a positive integer, got {value!r}")
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise OptionError(f"option {name} must be true or false, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-                raise OptionError(f"option {name} must be a positive number, got {value!r}")
-            merged[name] = float(value)
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise OptionError(f"option {name} must be a string, got {value!r}")
-    check_together = getattr(METHODS[method], "check_options", None)
-    if check_together is not None:  # constraints between a method's options
-        check_together(merged)
-    choices = getattr(METHODS[method], "CHOICES", {})
-    for name, allowed in choices.items():
-        if merged[name] not in allowed:
-            raise OptionError(f"option {name} must be one of {', '.join(map(str, allowed))}, got {merged[name]!r}")
-    return merged
+    check_method(method)
+    return METHODS[method].check(options)
 
 
 def check_settings(method: str, seed: Any, num_samples: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +56,9 @@ def check_settings(method: str, seed: Any, num_samples: Any, options: dict[str, 
     :func:`sample` calls it first; pipelines call it before reading any data.
     """
     resolved = validate_options(method, dict(options))  # also checks the method name
-    if not _is_count(num_samples) or num_samples < 1:
+    if not is_count(num_samples) or num_samples < 1:
         raise OptionError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not _is_count(seed) or seed < 0:
+    if not is_count(seed) or seed < 0:
         raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
     return resolved
 
@@ -107,8 +75,6 @@ def _to_idata(run: MethodRun, observed: dict[str, np.ndarray]) -> az.InferenceDa
 
 
 def _observed_data(model: Callable, data: dict[str, Any]) -> dict[str, np.ndarray]:
-    from numpyro import handlers
-
     trace = handlers.trace(handlers.seed(model, 0)).get_trace(**data)
     return {
         name: np.asarray(site["value"])
@@ -126,8 +92,6 @@ def sample(
     num_samples: int = 1000,
     *,
     progress: bool = False,
-    pipeline: str | None = None,
-    input_path: str | None = None,
     **options: Any,
 ) -> Result:
     """Run one inference of ``model(**data)`` and return a :class:`~astroinfer.Result`.
@@ -152,11 +116,15 @@ def sample(
     """
     resolved = check_settings(method, seed, num_samples, options)
     data = dict(data or {})
+    chosen = METHODS[method]
     started = utc_now()
     with CompileTimer() as timer:
-        run = METHODS[method].run(
-            model, data, seed=seed, num_samples=num_samples, options=resolved, progress=progress
-        )
+        built = chosen.build(ModelBridge(model, data), resolved)
+        # The data compiled in: XLA folds terms computed from the data (a prior scaled from
+        # them) while compiling and rounds them differently from the same terms computed at
+        # run time; compiled in, a seed gives bitwise the draws of earlier versions.
+        run = chosen.run(built, data, seed=seed, num_samples=num_samples, progress=progress,
+                         data_as_constants=True)
     finished = utc_now()
     idata = _to_idata(run, _observed_data(model, data))
     diagnostics = {
@@ -176,8 +144,6 @@ def sample(
         seed=seed,
         started=started,
         finished=finished,
-        pipeline=pipeline,
-        input_path=input_path,
     )
     return Result(
         idata=idata,

@@ -18,6 +18,11 @@ Every stage runs the same compiled ``sweep`` over a fixed number of iterations (
 is a sequence of such sweeps), so the number of compilations does not grow with the number
 of loops or draws. A trained flow is returned with the result (group ``flowmc_state``) and
 can be reused on a rerun of the same model and data (``reuse_flow=``), which skips training.
+
+:data:`METHOD` follows the protocol of :mod:`astroinfer.engine.method`: ``build`` makes the
+sweep, the prior draws and the map back to constrained values (data as an argument) and the
+flow's trainer; ``run`` is the three steps above, :func:`_start`, :func:`_warm_up` and
+:func:`_produce`.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import sys
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, NamedTuple
 
 import blackjax
 import equinox as eqx
@@ -42,11 +49,13 @@ import paramax
 from flowjax.train.losses import MaximumLikelihoodLoss
 from jax.flatten_util import ravel_pytree
 
-from astroinfer.engine.errors import OptionError
-from astroinfer.engine.model import ModelBridge
+from astroinfer import store
+from astroinfer.engine.method import DataFunction, OptionChecks, split_data
+from astroinfer.engine.model import ModelBridge, check_prior_draws
 from astroinfer.engine.run import MethodRun
+from astroinfer.errors import OptionError
 
-__all__ = ["DEFAULTS", "CHOICES", "run", "fingerprint", "stored_flow_matches"]
+__all__ = ["DEFAULTS", "CHOICES", "METHOD", "FlowMC", "FlowFunctions", "fingerprint", "stored_flow_matches"]
 
 DEFAULTS: dict[str, Any] = {
     "num_chains": 20,
@@ -168,14 +177,15 @@ def _make_trainer(optimizer, num_points: int, batch_size: int, max_epochs: int, 
     return eqx.filter_jit(train)
 
 
-def _make_sweep(log_density: Callable, init, step, target_accept: float, n_iter: int, n_local: int):
-    """The one compiled function of a run: ``n_iter`` x (local moves, one global proposal).
+def _make_sweep(init, step, target_accept: float, n_iter: int, n_local: int) -> Callable:
+    """The one compiled function of a run, ``sweep(log_density, key, z, ...)``: ``n_iter`` x
+    (local moves, one global proposal), on every chain.
 
     ``adapt`` switches step-size adaptation on (warmup) or off (production), ``use_flow``
     switches the global proposal; both are traced values, so every stage shares the code.
     """
 
-    def chain(key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale):
+    def one_chain(log_density, key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale):
         logdensity_x = lambda x: log_density(x * scale)  # noqa: E731
 
         def local_move(carry, k):
@@ -212,13 +222,14 @@ def _make_sweep(log_density: Callable, init, step, target_accept: float, n_iter:
         (z, log_step), trace = jax.lax.scan(iteration, (z, log_step), jax.random.split(key, n_iter))
         return z, log_step, trace
 
-    def sweep(key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale):
+    def sweep(log_density, key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale):
+        chain = partial(one_chain, log_density)
         keys = jax.random.split(key, z.shape[0])
         return jax.vmap(chain, in_axes=(0, 0, 0, None, None, None, None, None, None))(
             keys, z, log_step, scale, adapt, use_flow, flow, center, flow_scale
         )
 
-    return eqx.filter_jit(sweep)
+    return sweep
 
 
 def fingerprint(model: Callable, data: dict[str, Any], ndim: int, opts: dict[str, Any]) -> str:
@@ -242,8 +253,6 @@ def fingerprint(model: Callable, data: dict[str, Any], ndim: int, opts: dict[str
 def stored_flow_matches(path: str | Path, model: Callable, data: dict[str, Any], options: dict[str, Any]) -> bool:
     """Whether ``path`` is a flow-MC result file whose stored flow fits this model, data and
     (resolved) flow options, so that ``reuse_flow=path`` would be accepted."""
-    from astroinfer import store
-
     if not Path(path).is_file() or not store.is_result_file(path):
         return False
     try:
@@ -257,8 +266,6 @@ def stored_flow_matches(path: str | Path, model: Callable, data: dict[str, Any],
 
 
 def _load_state(path: str, expected: str, template) -> dict[str, Any]:
-    from astroinfer import store
-
     stored = store.load(path)
     found = stored.diagnostics.get("flow_fingerprint")
     if found != expected:
@@ -278,124 +285,249 @@ def _load_state(path: str, expected: str, template) -> dict[str, Any]:
     }
 
 
-def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
-        options: dict[str, Any], progress: bool = False, bridge: ModelBridge | None = None) -> MethodRun:
-    bridge = bridge or ModelBridge(model, data)
-    opts = dict(options)
-    ndim = bridge.ndim
-    n_chains, n_iter = opts["num_chains"], opts["steps_per_loop"]
-    key = jax.random.PRNGKey(seed)
-    k_init, k_flow, k_warm, k_prod = jax.random.split(key, 4)
+@dataclass(frozen=True)
+class FlowFunctions:
+    """What :meth:`FlowMC.build` returns: the compiled pieces of a run (data as their first
+    argument, except the flow's trainer, which sees only positions) and their settings."""
 
-    init, step = _local_kernel(opts["local_kernel"], opts["num_leapfrog_steps"])
-    sweep = _make_sweep(bridge.log_density, init, step, _TARGET_LOCAL_ACCEPT[opts["local_kernel"]],
-                        n_iter, opts["local_steps_per_draw"])
-    flow = _new_flow(k_flow, ndim, opts)
-    flow_fingerprint = fingerprint(model, data, ndim, opts)
+    model: Callable
+    options: dict[str, Any]
+    ndim: int
+    draw_chains: DataFunction  # (data, key) -> starting points, (num_chains, ndim)
+    sweep: DataFunction  # (data, key, z, log_step, scale, adapt, use_flow, flow, center, flow_scale)
+    constrain: DataFunction  # (data, flat points (n, ndim)) -> constrained sites, each (n, ...)
+    optimizer: Any
+    train: Callable  # (key, flow, opt_state, points) -> (flow, opt_state, train loss, val loss)
+    num_points: int  # training points per fit
+    flow_template: Any  # a flow whose non-array parts every run's flow shares
 
-    z = bridge.prior_draws(k_init, n_chains)
-    log_step = jnp.full((n_chains,), jnp.log(0.1 / np.sqrt(ndim)))
-    scale = jnp.ones(ndim)
-    center, flow_scale = jnp.zeros(ndim), jnp.ones(ndim)
-    trained = False
-    num_warmup_loops = opts["num_warmup_loops"]
-    # Arrays, not Python floats: filter_jit treats Python scalars as static, so 1.0 and 0.0
-    # would compile the sweep twice.
-    adapt_on, adapt_off = jnp.asarray(1.0), jnp.asarray(0.0)
+    def new_flow(self, key: jax.Array):
+        """A flow initialised from ``key``, with the template's non-array parts: flowjax
+        builds new functions into every flow it makes (equal in what they compute), and
+        compiled code that takes a flow is keyed on those, so runs would compile again."""
+        arrays = eqx.filter(_new_flow(key, self.ndim, self.options), eqx.is_array)
+        return eqx.combine(arrays, eqx.filter(self.flow_template, eqx.is_array, inverse=True))
+
+
+class _Steps(NamedTuple):
+    """The data-taking pieces of :class:`FlowFunctions` with the data of one run fixed."""
+
+    draw_chains: Callable
+    sweep: Callable
+    constrain: Callable
+
+
+@dataclass
+class _Chains:
+    """The state that warmup adapts and production freezes."""
+
+    z: jax.Array
+    log_step: jax.Array
+    scale: jax.Array
+    flow: Any
+    center: jax.Array
+    flow_scale: jax.Array
+    trained: bool
+    opt_state: Any = None
+
+
+@dataclass
+class _Warmup:
+    """What warmup reports."""
+
+    loss_curves: list[dict[str, list[float]]] = field(default_factory=list)
+    global_acceptance: list[float] = field(default_factory=list)
+    local_acceptance: list[float] = field(default_factory=list)
+
+
+# Arrays, not Python floats: filter_jit treats Python scalars as static, so 1.0 and 0.0
+# would compile the sweep twice.
+def _adapt(on: bool) -> jax.Array:
+    return jnp.asarray(1.0 if on else 0.0)
+
+
+class FlowMC(OptionChecks):
+    """``method="flowmc"``: local moves plus global proposals from a trained flow."""
+
+    name = "flowmc"
+    defaults = DEFAULTS
+    choices = CHOICES
+
+    def build(self, bridge: ModelBridge, options: dict[str, Any]) -> FlowFunctions:
+        opts = dict(options)
+        structure = split_data(bridge.data)[0]
+        init, step = _local_kernel(opts["local_kernel"], opts["num_leapfrog_steps"])
+        sweep = _make_sweep(init, step, _TARGET_LOCAL_ACCEPT[opts["local_kernel"]],
+                            opts["steps_per_loop"], opts["local_steps_per_draw"])
+
+        def draw_chains(data, key):
+            return jax.vmap(lambda k: bridge.prior_draw(k, data))(jax.random.split(key, opts["num_chains"]))
+
+        def sweep_on(data, *args):
+            return sweep(lambda flat: bridge.log_density(flat, data), *args)
+
+        def constrain(data, flat):
+            return jax.vmap(lambda point: bridge.constrain(point, data))(flat)
+
+        optimizer = optax.adam(opts["learning_rate"])
+        num_points = min(opts["num_chains"] * opts["steps_per_loop"], opts["max_training_points"])
+        train = _make_trainer(optimizer, num_points, opts["batch_size"], opts["max_epochs"], opts["patience"])
+        return FlowFunctions(
+            bridge.model, opts, bridge.ndim, DataFunction(draw_chains, structure),
+            DataFunction(sweep_on, structure, eqx.filter_jit), DataFunction(constrain, structure),
+            optimizer, train, num_points, _new_flow(jax.random.PRNGKey(0), bridge.ndim, opts),
+        )
+
+    def run(self, built: FlowFunctions, data: Mapping[str, Any], *, seed: int, num_samples: int,
+            progress: bool = False, data_as_constants: bool = False) -> MethodRun:
+        steps = _Steps(*(getattr(built, name).on(data, as_constants=data_as_constants) for name in _Steps._fields))
+        k_init, k_flow, k_warm, k_prod = jax.random.split(jax.random.PRNGKey(seed), 4)
+        flow_fingerprint = fingerprint(built.model, data, built.ndim, built.options)
+        chains = _start(built, steps.draw_chains, k_init, k_flow, flow_fingerprint)
+        warmup = _warm_up(built, steps.sweep, chains, k_warm, progress)
+        trace, log_p, local_acc, accepted, switches = _produce(built, steps.sweep, chains, k_prod, num_samples, progress)
+        opts = built.options
+        # Every array of the flow, integer permutations included (they differ between seeds).
+        flow_params = ravel_pytree(eqx.partition(chains.flow, eqx.is_array)[0])[0]
+        local_evals = opts["local_steps_per_draw"] * (opts["num_leapfrog_steps"] if opts["local_kernel"] == "hmc" else 1)
+        diagnostics = {
+            "local_kernel": opts["local_kernel"],
+            "local_acceptance": float(np.mean(local_acc)),
+            "global_acceptance": float(accepted.mean()) if chains.trained else None,
+            "mode_switches": int(switches.sum()),
+            "warmup_local_acceptance": warmup.local_acceptance,
+            "warmup_global_acceptance": warmup.global_acceptance,
+            "num_training_loops": len(warmup.loss_curves),
+            "flow_loss": warmup.loss_curves,
+            "flow_reused": opts["reuse_flow"] is not None,
+            "flow_fingerprint": flow_fingerprint,
+            "step_size": np.exp(np.asarray(chains.log_step)).tolist(),
+            # Production density(+gradient) evaluations; NUTS varies per move, counted as one.
+            "likelihood_evaluations": int(opts["num_chains"] * num_samples * (local_evals + 1)),
+        }
+        sample_stats = {
+            "lp": log_p,
+            "acceptance_rate": local_acc,
+            "global_accepted": accepted,
+            "mode_switch": switches,
+        }
+        state = {
+            STATE_GROUP: xr.Dataset({
+                "flow_parameters": ("flow_parameter", np.asarray(flow_params)),
+                "center": ("unconstrained_dim", np.asarray(chains.center)),
+                "flow_scale": ("unconstrained_dim", np.asarray(chains.flow_scale)),
+                "local_scale": ("unconstrained_dim", np.asarray(chains.scale)),
+            })
+        }
+        posterior = _constrained(steps.constrain, trace)
+        return MethodRun(posterior=posterior, sample_stats=sample_stats, diagnostics=diagnostics, extra_groups=state)
+
+
+def _start(built: FlowFunctions, draw_chains: Callable, k_init: jax.Array, k_flow: jax.Array,
+           flow_fingerprint: str) -> _Chains:
+    """Chains at prior draws with an untrained flow, or the stored flow, scales and centre
+    of ``reuse_flow``."""
+    opts, ndim = built.options, built.ndim
+    flow = built.new_flow(k_flow)
+    z = check_prior_draws(draw_chains(k_init))
+    chains = _Chains(
+        z=z,
+        log_step=jnp.full((opts["num_chains"],), jnp.log(0.1 / np.sqrt(ndim))),
+        scale=jnp.ones(ndim),
+        flow=flow,
+        center=jnp.zeros(ndim),
+        flow_scale=jnp.ones(ndim),
+        trained=False,
+    )
     if opts["reuse_flow"] is not None:
         state = _load_state(str(opts["reuse_flow"]), flow_fingerprint, flow)
-        flow, center, flow_scale, scale = state["flow"], state["center"], state["flow_scale"], state["scale"]
-        trained = True
-        num_warmup_loops = 1  # burn-in and step-size adaptation only; no training
-
-    optimizer = optax.adam(opts["learning_rate"])
-    opt_state = optimizer.init(_trainable(flow)[0])
-    num_points = min(n_chains * n_iter, opts["max_training_points"])
-    train = _make_trainer(optimizer, num_points, opts["batch_size"], opts["max_epochs"], opts["patience"])
-    loss_curves: list[dict[str, list[float]]] = []
-    warmup_global_acceptance: list[float] = []
-    warmup_local_acceptance: list[float] = []
-
-    for loop in range(num_warmup_loops):
-        k_warm, k_sweep, k_train = jax.random.split(k_warm, 3)
-        z, log_step, (trace, _, local_acc, accepted, _) = sweep(
-            k_sweep, z, log_step, scale, adapt_on, jnp.array(trained), flow, center, flow_scale
+        chains.flow, chains.center, chains.flow_scale, chains.scale = (
+            state["flow"], state["center"], state["flow_scale"], state["scale"]
         )
-        warmup_local_acceptance.append(float(local_acc.mean()))
-        if trained:
-            warmup_global_acceptance.append(float(accepted.mean()))
+        chains.trained = True
+    chains.opt_state = built.optimizer.init(_trainable(chains.flow)[0])
+    return chains
+
+
+def _warm_up(built: FlowFunctions, sweep: Callable, chains: _Chains, k_warm: jax.Array, progress: bool) -> _Warmup:
+    """Warmup loops (updating ``chains``): local moves with adapted step sizes, then a flow
+    fitted to the visited positions, then global proposals from it; a reused flow gets one
+    loop of burn-in and step-size adaptation only."""
+    opts = built.options
+    reused = opts["reuse_flow"] is not None
+    num_loops = 1 if reused else opts["num_warmup_loops"]
+    n_iter = opts["steps_per_loop"]
+    warmup = _Warmup()
+    for loop in range(num_loops):
+        k_warm, k_sweep, k_train = jax.random.split(k_warm, 3)
+        chains.z, chains.log_step, (trace, _, local_acc, accepted, _) = sweep(
+            k_sweep, chains.z, chains.log_step, chains.scale, _adapt(True), jnp.array(chains.trained),
+            chains.flow, chains.center, chains.flow_scale,
+        )
+        warmup.local_acceptance.append(float(local_acc.mean()))
+        if chains.trained:
+            warmup.global_acceptance.append(float(accepted.mean()))
         else:
             # Rescale local moves by the spread within chains, measured before any global
             # jump can mix modes into it; step sizes keep adapting to it in later loops.
             within = jnp.sqrt(jnp.mean(jnp.var(trace[:, n_iter // 2:], axis=1), axis=0))
-            scale = jnp.where(jnp.isfinite(within) & (within > 0), within, scale)
+            chains.scale = jnp.where(jnp.isfinite(within) & (within > 0), within, chains.scale)
         if progress:
-            acc_text = f", global acceptance {warmup_global_acceptance[-1]:.2f}" if trained else ""
-            print(f"\rflowmc warmup loop {loop + 1}/{num_warmup_loops}: local acceptance "
-                  f"{warmup_local_acceptance[-1]:.2f}{acc_text}   ", end="", flush=True, file=sys.stderr)
-        done_training = trained and (
-            opts["reuse_flow"] is not None
-            or warmup_global_acceptance[-1] >= opts["target_global_acceptance"]
+            acc_text = f", global acceptance {warmup.global_acceptance[-1]:.2f}" if chains.trained else ""
+            print(f"\rflowmc warmup loop {loop + 1}/{num_loops}: local acceptance "
+                  f"{warmup.local_acceptance[-1]:.2f}{acc_text}   ", end="", flush=True, file=sys.stderr)
+        done_training = chains.trained and (
+            reused or warmup.global_acceptance[-1] >= opts["target_global_acceptance"]
         )
-        if done_training or loop == num_warmup_loops - 1:
+        if done_training or loop == num_loops - 1:
             break  # the last loop only adapts; production starts with the trained flow
-        points = trace.reshape(-1, ndim)
-        stride = max(1, points.shape[0] // opts["max_training_points"])
-        points = points[::stride][:num_points]
-        if not trained:
-            center = jnp.mean(points, axis=0)
-            flow_scale = jnp.std(points, axis=0) + 1e-6
-        flow, opt_state, train_curve, val_curve = train(k_train, flow, opt_state, (points - center) / flow_scale)
-        train_curve, val_curve = np.asarray(train_curve), np.asarray(val_curve)
-        epochs = int(np.sum(np.isfinite(val_curve)))
-        loss_curves.append({"train": train_curve[:epochs].tolist(), "val": val_curve[:epochs].tolist()})
-        trained = True
+        _train(built, chains, trace, k_train, warmup)
+    return warmup
 
-    # Production: frozen adaptation, whole sweeps until num_samples draws per chain.
+
+def _train(built: FlowFunctions, chains: _Chains, trace: jax.Array, key: jax.Array, warmup: _Warmup) -> None:
+    """Fit the flow (updating ``chains``) to at most ``num_points`` visited positions,
+    standardised by the first fit's centre and spread."""
+    points = trace.reshape(-1, built.ndim)
+    stride = max(1, points.shape[0] // built.options["max_training_points"])
+    points = points[::stride][:built.num_points]
+    if not chains.trained:
+        chains.center = jnp.mean(points, axis=0)
+        chains.flow_scale = jnp.std(points, axis=0) + 1e-6
+    chains.flow, chains.opt_state, train_curve, val_curve = built.train(
+        key, chains.flow, chains.opt_state, (points - chains.center) / chains.flow_scale
+    )
+    train_curve, val_curve = np.asarray(train_curve), np.asarray(val_curve)
+    epochs = int(np.sum(np.isfinite(val_curve)))
+    warmup.loss_curves.append({"train": train_curve[:epochs].tolist(), "val": val_curve[:epochs].tolist()})
+    chains.trained = True
+
+
+def _produce(built: FlowFunctions, sweep: Callable, chains: _Chains, k_prod: jax.Array, num_samples: int,
+             progress: bool) -> tuple[np.ndarray, ...]:
+    """Production with frozen adaptation: whole sweeps until ``num_samples`` draws per chain.
+    Returns (positions, log density, local acceptance, global accepted, mode switch), each
+    (chain, draw, ...)."""
+    n_iter = built.options["steps_per_loop"]
     pieces = []
     for index in range(-(-num_samples // n_iter)):
         k_prod, k_sweep = jax.random.split(k_prod)
-        z, _, piece = sweep(k_sweep, z, log_step, scale, adapt_off, jnp.array(trained), flow, center, flow_scale)
+        chains.z, _, piece = sweep(k_sweep, chains.z, chains.log_step, chains.scale, _adapt(False),
+                                   jnp.array(chains.trained), chains.flow, chains.center, chains.flow_scale)
         pieces.append(piece)
         if progress:
             print(f"\rflowmc sampling: {min((index + 1) * n_iter, num_samples)}/{num_samples} draws per chain   ",
                   end="", flush=True, file=sys.stderr)
     if progress:
         print(file=sys.stderr)
-    trace, log_p, local_acc, accepted, switches = (
-        np.concatenate([np.asarray(p[i]) for p in pieces], axis=1)[:, :num_samples] for i in range(5)
-    )
-    posterior = bridge.constrain_many(trace)
-    # Every array of the flow, integer permutations included (they differ between seeds).
-    flow_params = ravel_pytree(eqx.partition(flow, eqx.is_array)[0])[0]
-    local_evals = opts["local_steps_per_draw"] * (opts["num_leapfrog_steps"] if opts["local_kernel"] == "hmc" else 1)
-    diagnostics = {
-        "local_kernel": opts["local_kernel"],
-        "local_acceptance": float(np.mean(local_acc)),
-        "global_acceptance": float(accepted.mean()) if trained else None,
-        "mode_switches": int(switches.sum()),
-        "warmup_local_acceptance": warmup_local_acceptance,
-        "warmup_global_acceptance": warmup_global_acceptance,
-        "num_training_loops": len(loss_curves),
-        "flow_loss": loss_curves,
-        "flow_reused": opts["reuse_flow"] is not None,
-        "flow_fingerprint": flow_fingerprint,
-        "step_size": np.exp(np.asarray(log_step)).tolist(),
-        # Production density(+gradient) evaluations; NUTS varies per move, counted as one.
-        "likelihood_evaluations": int(n_chains * num_samples * (local_evals + 1)),
-    }
-    sample_stats = {
-        "lp": log_p,
-        "acceptance_rate": local_acc,
-        "global_accepted": accepted,
-        "mode_switch": switches,
-    }
-    state = {
-        STATE_GROUP: xr.Dataset({
-            "flow_parameters": ("flow_parameter", np.asarray(flow_params)),
-            "center": ("unconstrained_dim", np.asarray(center)),
-            "flow_scale": ("unconstrained_dim", np.asarray(flow_scale)),
-            "local_scale": ("unconstrained_dim", np.asarray(scale)),
-        })
-    }
-    return MethodRun(posterior=posterior, sample_stats=sample_stats, diagnostics=diagnostics, extra_groups=state)
+    return tuple(np.concatenate([np.asarray(p[i]) for p in pieces], axis=1)[:, :num_samples] for i in range(5))
+
+
+def _constrained(constrain: Callable, flat_draws: np.ndarray) -> dict[str, np.ndarray]:
+    """``constrain`` over the leading axes of ``flat_draws``, as NumPy arrays."""
+    lead = flat_draws.shape[:-1]
+    out = constrain(jnp.asarray(flat_draws.reshape((-1, flat_draws.shape[-1]))))
+    return {k: np.asarray(v).reshape(lead + v.shape[1:]) for k, v in out.items()}
+
+
+METHOD = FlowMC()

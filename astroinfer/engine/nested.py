@@ -9,27 +9,34 @@ JAX to float64 globally on use; jaxns 3.0 cannot be jitted or vmapped over probl
 The sampler works in NumPyro's unconstrained space: the prior density there includes the
 Jacobian of the constraining transforms, the live points start as prior draws, and the
 dead points are mapped back to constrained values at the end.
+
+:data:`METHOD` follows the protocol of :mod:`astroinfer.engine.method`: ``build`` compiles
+the prior draws, ``init``, a chunk of ``steps_per_chunk`` iterations and the map back to
+constrained values, all with the data as an argument; ``run`` loops over chunks until the
+live points hold less than ``termination`` of the evidence.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, NamedTuple
 
 import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from blackjax.ns.integrator import init_integrator, update_integrator
 from blackjax.ns.base import NSInfo
+from blackjax.ns.integrator import init_integrator, update_integrator
 from blackjax.ns.utils import log_weights
 
-from astroinfer.engine.errors import OptionError
-from astroinfer.engine.model import ModelBridge
+from astroinfer.engine.method import DataFunction, OptionChecks, split_data
+from astroinfer.engine.model import ModelBridge, check_prior_draws
 from astroinfer.engine.run import MethodRun
+from astroinfer.errors import OptionError
 
-__all__ = ["DEFAULTS", "run"]
+__all__ = ["DEFAULTS", "METHOD", "NestedSampling", "NestedFunctions", "resolve"]
 
 DEFAULTS: dict[str, Any] = {
     "num_live_points": 500,
@@ -42,16 +49,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def check_options(options: dict[str, Any]) -> None:
-    """Constraints between options, checked before any sampling."""
-    if options["num_delete"] is not None and options["num_delete"] >= options["num_live_points"]:
-        raise OptionError(
-            f"option num_delete ({options['num_delete']}) must be smaller than num_live_points "
-            f"({options['num_live_points']})"
-        )
-
-
-def resolve(options: dict[str, Any], ndim: int) -> dict[str, Any]:
+def resolve(options: Mapping[str, Any], ndim: int) -> dict[str, Any]:
+    """``options`` with the defaults that depend on the dimension filled in."""
     resolved = dict(options)
     if resolved["num_delete"] is None:
         resolved["num_delete"] = max(1, resolved["num_live_points"] // 10)
@@ -60,40 +59,99 @@ def resolve(options: dict[str, Any], ndim: int) -> dict[str, Any]:
     return resolved
 
 
-def _chunk_fn(algo, steps: int) -> Callable:
-    def chunk(state, integrator, key):
-        def body(carry, step_key):
-            state, integrator = carry
-            state, info = algo.step(step_key, state)
-            integrator = update_integrator(integrator, state.particles, info.particles)
-            return (state, integrator), info.particles
+@dataclass(frozen=True)
+class NestedFunctions:
+    """What :meth:`NestedSampling.build` returns: the compiled pieces of one run, each
+    taking the data as its first argument, and the options resolved for the dimension."""
 
-        (state, integrator), dead = jax.lax.scan(
-            body, (state, integrator), jax.random.split(key, steps)
-        )
-        return state, integrator, dead
-
-    return jax.jit(chunk)
+    options: dict[str, Any]
+    draw_live: DataFunction  # (data, key) -> live points, (num_live_points, ndim)
+    init: DataFunction  # (data, live points) -> sampler state
+    chunk: DataFunction  # (data, state, integrator, key) -> (state, integrator, dead particles)
+    constrain: DataFunction  # (data, flat points (n, ndim)) -> constrained sites, each (n, ...)
 
 
-def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
-        options: dict[str, Any], progress: bool = False, bridge: ModelBridge | None = None) -> MethodRun:
-    bridge = bridge or ModelBridge(model, data)
-    opts = resolve(options, bridge.ndim)
-    key = jax.random.PRNGKey(seed)
-    init_key, run_key, weight_key, draw_key = jax.random.split(key, 4)
+class _Steps(NamedTuple):
+    """The pieces of :class:`NestedFunctions` with the data of one run fixed."""
 
-    algo = blackjax.nss(
-        logprior_fn=bridge.log_prior,
-        loglikelihood_fn=bridge.log_likelihood,
-        num_inner_steps=opts["num_inner_steps"],
-        num_delete=opts["num_delete"],
-    )
-    live = bridge.prior_draws(init_key, opts["num_live_points"])
-    state = jax.jit(algo.init)(live)
+    draw_live: Callable
+    init: Callable
+    chunk: Callable
+    constrain: Callable
+
+
+class NestedSampling(OptionChecks):
+    """``method="nested"``: blackjax's nested slice sampler, log-evidence included."""
+
+    name = "nested"
+    defaults = DEFAULTS
+    choices: Mapping[str, tuple] = {}
+
+    def check_together(self, options: dict[str, Any]) -> None:
+        if options["num_delete"] is not None and options["num_delete"] >= options["num_live_points"]:
+            raise OptionError(
+                f"option num_delete ({options['num_delete']}) must be smaller than num_live_points "
+                f"({options['num_live_points']})"
+            )
+
+    def build(self, bridge: ModelBridge, options: dict[str, Any]) -> NestedFunctions:
+        opts = resolve(options, bridge.ndim)
+        structure = split_data(bridge.data)[0]
+
+        def algorithm(data):
+            return blackjax.nss(
+                logprior_fn=lambda flat: bridge.log_prior(flat, data),
+                loglikelihood_fn=lambda flat: bridge.log_likelihood(flat, data),
+                num_inner_steps=opts["num_inner_steps"],
+                num_delete=opts["num_delete"],
+            )
+
+        def draw_live(data, key):
+            keys = jax.random.split(key, opts["num_live_points"])
+            return jax.vmap(lambda k: bridge.prior_draw(k, data))(keys)
+
+        def init(data, live):
+            return algorithm(data).init(live)
+
+        def chunk(data, state, integrator, key):
+            algo = algorithm(data)
+
+            def body(carry, step_key):
+                state, integrator = carry
+                state, info = algo.step(step_key, state)
+                integrator = update_integrator(integrator, state.particles, info.particles)
+                return (state, integrator), info.particles
+
+            (state, integrator), dead = jax.lax.scan(
+                body, (state, integrator), jax.random.split(key, opts["steps_per_chunk"])
+            )
+            return state, integrator, dead
+
+        def constrain(data, flat):
+            return jax.vmap(lambda point: bridge.constrain(point, data))(flat)
+
+        return NestedFunctions(opts, *(DataFunction(fn, structure) for fn in (draw_live, init, chunk, constrain)))
+
+    def run(self, built: NestedFunctions, data: Mapping[str, Any], *, seed: int, num_samples: int,
+            progress: bool = False, data_as_constants: bool = False) -> MethodRun:
+        steps = _Steps(*(getattr(built, name).on(data, as_constants=data_as_constants) for name in _Steps._fields))
+        opts = built.options
+        init_key, run_key, weight_key, draw_key = jax.random.split(jax.random.PRNGKey(seed), 4)
+        state = steps.init(check_prior_draws(steps.draw_live(init_key)))
+        state, dead, converged = _iterate(steps.chunk, state, run_key, opts, progress)
+        particles = jax.tree.map(lambda d, live: jnp.concatenate([d, live]), dead, state.particles)
+        weights, log_z, log_z_err = _weights(weight_key, particles, opts["num_volume_simulations"])
+        positions = np.asarray(particles.position)
+        index = np.asarray(jax.random.choice(draw_key, len(weights), shape=(num_samples,), p=jnp.asarray(weights)))
+        posterior = _constrained(steps.constrain, positions[index][None])
+        raw = _constrained(steps.constrain, positions)
+        return _method_run(opts, particles, weights, index, posterior, raw, converged, log_z, log_z_err)
+
+
+def _iterate(chunk: Callable, state, run_key: jax.Array, opts: dict[str, Any], progress: bool):
+    """Chunks of ``steps_per_chunk`` iterations until the live points hold less than
+    ``termination`` of the evidence (or ``max_iterations``): (state, dead particles, converged)."""
     integrator = init_integrator(state.particles)
-    chunk = _chunk_fn(algo, opts["steps_per_chunk"])
-
     dead_chunks = []
     log_termination = float(np.log(opts["termination"]))
     max_chunks = max(1, opts["max_iterations"] // opts["steps_per_chunk"])
@@ -118,27 +176,34 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
             break
     if progress:
         print(file=sys.stderr)
-
     dead = jax.tree.map(lambda *xs: jnp.concatenate([x.reshape((-1,) + x.shape[2:]) for x in xs]), *dead_chunks)
-    particles = jax.tree.map(lambda d, l: jnp.concatenate([d, l]), dead, state.particles)
-    final = NSInfo(particles, None)
+    return state, dead, converged
 
-    # Simulated prior-volume sequences give the evidence and its spread.
-    log_w = log_weights(weight_key, final, shape=opts["num_volume_simulations"])
+
+def _weights(key: jax.Array, particles, num_simulations: int) -> tuple[np.ndarray, float, float]:
+    """Posterior weights of the dead and final live points, log-evidence and its spread,
+    from simulated prior-volume sequences."""
+    log_w = log_weights(key, NSInfo(particles, None), shape=num_simulations)
     log_z_samples = jax.scipy.special.logsumexp(log_w, axis=0)
     log_z = float(jnp.mean(log_z_samples))
     log_z_err = float(jnp.std(log_z_samples))
     mean_log_w = jax.scipy.special.logsumexp(log_w, axis=1) - np.log(log_w.shape[1])
     weights = np.asarray(jnp.exp(mean_log_w - jax.scipy.special.logsumexp(mean_log_w)), dtype=np.float64)
     weights /= weights.sum()
-    kish_ess = float(1.0 / np.sum(weights**2))
+    return weights, log_z, log_z_err
 
-    positions = np.asarray(particles.position)
-    index = np.asarray(jax.random.choice(draw_key, len(weights), shape=(num_samples,), p=jnp.asarray(weights)))
-    posterior = bridge.constrain_many(positions[index][None])
-    raw = bridge.constrain_many(positions)
 
-    num_dead = int(positions.shape[0])
+def _constrained(constrain: Callable, flat_draws: np.ndarray) -> dict[str, np.ndarray]:
+    """``constrain`` over the leading axes of ``flat_draws``, as NumPy arrays."""
+    lead = flat_draws.shape[:-1]
+    out = constrain(jnp.asarray(flat_draws.reshape((-1, flat_draws.shape[-1]))))
+    return {k: np.asarray(v).reshape(lead + v.shape[1:]) for k, v in out.items()}
+
+
+def _method_run(opts: dict[str, Any], particles, weights: np.ndarray, index: np.ndarray,
+                posterior: dict[str, np.ndarray], raw: dict[str, np.ndarray], converged: bool,
+                log_z: float, log_z_err: float) -> MethodRun:
+    num_dead = int(particles.position.shape[0])
     evaluations = opts["num_live_points"] + (num_dead - opts["num_live_points"]) * opts["num_inner_steps"]
     # The raw weighted points, one row per dead (and final live) point.
     columns = {
@@ -159,7 +224,7 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
         "num_live_points": opts["num_live_points"],
         "num_delete": opts["num_delete"],
         "num_inner_steps": opts["num_inner_steps"],
-        "ess_kish": kish_ess,
+        "ess_kish": float(1.0 / np.sum(weights**2)),
         "log_evidence_err": log_z_err,
         # Slice moves per new point times new points; each move costs a few evaluations.
         "likelihood_evaluations": int(evaluations),
@@ -173,3 +238,6 @@ def run(model: Callable, data: dict[str, Any], *, seed: int, num_samples: int,
         log_evidence=log_z,
         log_evidence_err=log_z_err,
     )
+
+
+METHOD = NestedSampling()

@@ -134,7 +134,7 @@ class MethodOptions(SphinxDirective):
             logger.warning("astroinfer-method-options: %s", err, location=location)
             return []
         meanings = MEANINGS.get(method, {})
-        choices = getattr(METHODS[method], "CHOICES", {})
+        choices = METHODS[method].choices
         for name in sorted(set(defaults) - set(meanings)):
             logger.warning(
                 "astroinfer-method-options: option %r of method %r has no meaning in "

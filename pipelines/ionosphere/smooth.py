@@ -19,13 +19,22 @@ Gaussian model), ``z = (m_t - E[dTEC(t) | m_-t]) / sqrt(var(dTEC(t) | m_-t) + sd
 beyond 3. A multimodal problem whose heaviest mode was the wrong one shows up there. The
 screen is refitted without the outliers found so far (they pull it towards them and hide
 others) until the set of outliers stops changing, at most MAX_PASSES times.
+
+:func:`smooth_screen` smooths series given as (series, time) arrays; :func:`smoothed_screen`
+is the pipeline's stage, from the per-problem solutions to the ``smoothed_screen`` group.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import xarray as xr
+from tinygp import GaussianProcess, kernels
+
+__all__ = ["smooth_screen", "smoothed_screen", "OUTLIER_Z", "MAX_PASSES"]
 
 OUTLIER_Z = 3.0
 MAX_PASSES = 6
@@ -34,10 +43,6 @@ SCALES = 16
 
 
 def _series_fns():
-    import jax
-    import jax.numpy as jnp
-    from tinygp import GaussianProcess, kernels
-
     def gp(times, sd, amplitude, scale):
         kernel = kernels.quasisep.Matern32(scale=scale, sigma=amplitude)
         return GaussianProcess(kernel, times, diag=sd**2)
@@ -75,8 +80,6 @@ def smooth_screen(times: np.ndarray, values: np.ndarray, sds: np.ndarray, valid:
     the outlier mask (S, T), and the chosen amplitude (TECU) and scale (s) with the grid's
     log marginal likelihoods.
     """
-    import jax
-
     times = np.asarray(times, np.float64)
     values = np.asarray(values, np.float64)
     sds = np.asarray(sds, np.float64)
@@ -122,3 +125,48 @@ def smooth_screen(times: np.ndarray, values: np.ndarray, sds: np.ndarray, valid:
             "amplitude": float(amplitudes[best[0]]), "scale": float(scales[best[1]]),
             "on_grid_edge": bool(best[0] in (0, AMPLITUDES - 1) or best[1] in (0, SCALES - 1)),
             "log_marginal_likelihood": ll, "amplitudes": amplitudes, "scales": scales}
+
+
+def smoothed_screen(dtec, dtec_sd, flagged, multimodal, index, axes, coords):
+    """The smoothing stage over all problems: one GP series per (ant, dir, pol) over time
+    (:func:`smooth_screen`). Returns the ``smoothed_screen`` group (on the ``problem``
+    dimension) and its summary for the diagnostics.
+
+    ``dtec`` and ``dtec_sd`` are each problem's solution, the heaviest mode's mean and that
+    mode's sd: a multimodal posterior's overall sd spans its modes, which would hide a wrong
+    mode from the outlier test; with the mode's own width it stands out and is left out."""
+    times = np.asarray(axes["time"], np.float64)
+    order = np.argsort(times, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    sizes = (len(axes["ant"]), len(axes["dir"]), len(axes["pol"]))
+    series = np.ravel_multi_index((index["ant"], index["dir"], index["pol"]), sizes)
+    column = rank[index["time"]]
+    shape = (int(np.prod(sizes)), times.size)
+    grid_values, grid_sd = np.zeros(shape), np.ones(shape)
+    grid_valid = np.zeros(shape, bool)
+    grid_values[series, column] = dtec
+    grid_sd[series, column] = dtec_sd
+    grid_valid[series, column] = ~np.asarray(flagged, bool)
+    screen = smooth_screen(times[order], grid_values, grid_sd, grid_valid)
+    smooth, smooth_sd = screen["mean"][series, column], screen["sd"][series, column]
+    z, outlier = screen["z"][series, column], screen["outlier"][series, column]
+    change = np.abs(smooth - dtec)
+    group = xr.Dataset(
+        {"dtec_smooth": ("problem", smooth, {"units": "TECU", "long_name": "GP-smoothed dTEC (posterior mean)"}),
+         "dtec_smooth_sd": ("problem", smooth_sd, {"units": "TECU"}),
+         "outlier_z": ("problem", z, {"long_name": "leave-one-out residual of the problem's solution / its sd"}),
+         "outlier": ("problem", outlier.astype(np.int8), {"long_name": "|outlier_z| > 3"})},
+        coords={"problem": np.arange(dtec.size), **{k: ("problem", np.asarray(v)) for k, v in coords.items()}})
+    multimodal = np.asarray(multimodal, bool)
+    summary = {
+        "model": "per (ant, dir, pol): dTEC(t) ~ GP(weighted mean, amplitude^2 Matern-3/2(scale)), observed "
+                 "with the per-problem posterior sd; amplitude and scale shared, type-II maximum likelihood on a grid",
+        "amplitude_tecu": screen["amplitude"], "time_scale_s": screen["scale"],
+        "hyperparameters_on_grid_edge": screen["on_grid_edge"],
+        "num_outliers": int(outlier.sum()), "num_multimodal_outliers": int((outlier & multimodal).sum()),
+        "median_change_at_outliers_tecu": float(np.median(change[outlier])) if outlier.any() else 0.0,
+        "median_change_elsewhere_tecu": float(np.median(change[~outlier & ~np.asarray(flagged, bool)]))
+        if (~outlier).any() else 0.0,
+    }
+    return group, summary

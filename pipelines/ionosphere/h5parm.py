@@ -4,7 +4,7 @@ An h5parm is HDF5: solsets (groups such as ``sol000``) hold soltabs (groups such
 ``phase000``, whose ``TITLE`` attribute names the kind: ``phase``, ``tec``, ``clock``...),
 each with ``val`` and ``weight`` datasets and one 1-D dataset per axis. The ``AXES``
 attribute of ``val`` ("time,freq,ant,dir,pol") gives the axis order; no order is assumed.
-Only the ionosphere pipeline uses this module.
+Only the ionosphere pipeline uses this module; :func:`write_solutions` writes its solutions.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
+from astroinfer.errors import InputError
 from astroinfer.files import atomic_write
-from astroinfer.pipeline import InputError
 
-__all__ = ["PhaseTable", "read_phases", "write_h5parm", "PROBLEM_AXES"]
+__all__ = ["PhaseTable", "read_phases", "write_h5parm", "write_solutions", "PROBLEM_AXES"]
 
 PROBLEM_AXES = ("time", "ant", "dir", "pol")
 _KNOWN_AXES = PROBLEM_AXES + ("freq",)
@@ -57,8 +58,6 @@ def _is_phase_soltab(name: str, group) -> bool:
 
 def read_phases(path: str | os.PathLike, solset: str | None = None, soltab: str | None = None) -> PhaseTable:
     """Read a phase soltab; every problem with the file raises :class:`InputError` (one line)."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -160,8 +159,6 @@ def write_h5parm(path: str | os.PathLike, soltabs: dict[str, tuple[str, np.ndarr
     ``val`` and ``weight`` have one axis per name in ``axis_names``, in that order, and the
     ``AXES`` attribute says so; the axis values come from ``axes``.
     """
-    import h5py
-
     def write(tmp):
         with h5py.File(tmp, "w") as f:
             f.attrs["h5parm_version"] = np.bytes_("1.0")
@@ -185,3 +182,35 @@ def write_h5parm(path: str | os.PathLike, soltabs: dict[str, tuple[str, np.ndarr
                     ds.attrs["AXES"] = np.bytes_(",".join(axis_names))  # fixed-length, as LOFAR writes it
 
     return atomic_write(path, write)
+
+
+def write_solutions(path: str | os.PathLike, solutions: dict[str, np.ndarray], flagged: np.ndarray,
+                    shape: tuple[int, ...], axes: dict[str, np.ndarray], axes_in_file: tuple[str, ...] | list[str],
+                    fit_clock: bool, *, antenna_table: np.ndarray | None = None,
+                    source_table: np.ndarray | None = None) -> Path:
+    """tec000 (TECU), phaseoffset000 (rad), clock000 (s) in an h5parm over the input's problem axes.
+
+    ``solutions`` holds one value per problem (problems in (time, ant, dir, pol) order, of
+    ``shape``): ``dtec``, ``dtec_sd``, ``phi0`` and, with ``fit_clock``, ``clock`` and
+    ``clock_sd``; ``flagged`` marks the problems without an unflagged channel. Problem axes
+    not in the input file (``axes_in_file``) are left out again.
+
+    Values are the heaviest dTEC mode's mean (a multimodal posterior's overall mean can sit
+    between modes, where no solution is); weights are inverse posterior variances scaled so
+    the best-determined problem has weight 1; flagged problems get weight 0.
+    """
+    present = tuple(a for a in PROBLEM_AXES if a in axes_in_file)
+    drop = tuple(i for i, a in enumerate(PROBLEM_AXES) if a not in present)
+
+    def arrange(v):
+        return np.asarray(v).reshape(shape).squeeze(axis=drop) if drop else np.asarray(v).reshape(shape)
+
+    def weights(sd):
+        inv = np.where(flagged, 0.0, 1.0 / np.maximum(sd, 1e-12) ** 2)
+        return inv / inv.max() if inv.max() > 0 else inv
+
+    soltabs = {"tec000": ("tec", arrange(solutions["dtec"]), arrange(weights(solutions["dtec_sd"]))),
+               "phaseoffset000": ("phase", arrange(solutions["phi0"]), arrange(np.where(flagged, 0.0, 1.0)))}
+    if fit_clock:
+        soltabs["clock000"] = ("clock", arrange(solutions["clock"]), arrange(weights(solutions["clock_sd"])))
+    return write_h5parm(path, soltabs, axes, present, antenna_table=antenna_table, source_table=source_table)

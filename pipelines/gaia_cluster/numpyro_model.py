@@ -1,0 +1,74 @@
+"""The NumPyro models of gaia-cluster.
+
+:func:`model` is the cluster + field mixture with every star's distance integrated out of
+the likelihood (by the quadrature of :mod:`.marginal`). Per star ``i`` with parallax ``w_i``
+and error ``s_i`` in mas, true distance ``r_i`` in pc::
+
+    w_i | r_i        ~ Normal(1000 / r_i + parallax_offset, s_i)
+    r_i              ~ member_fraction  * cluster profile(cluster_distance, cluster_size)
+                       + (1 - member_fraction) * field(field_scale)
+    field(L)         = r^2 exp(-r / L) / (2 L^3)      exponentially decreasing space density
+
+with the lognormal, gaussian or student cluster profile (the package's docstring defines
+them). NUTS samples only the globals ``cluster_distance``, ``cluster_size``,
+``member_fraction``, ``field_scale`` and ``parallax_offset`` (when fitted).
+
+:func:`reference_model` is the full-latent model (one latent distance per star, the
+lognormal profile) used to prove that the marginalised model gives the same posterior.
+
+The module is not called ``model``: importing a submodule sets it as the package's
+attribute of that name, which would replace the :func:`model` the package exports.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+from .marginal import log_component_marginals
+from .options import OFFSET_PRIOR_SD, PROFILES
+
+
+def _globals(distance_centre, distance_width, size_centre, size_width, field_centre, field_width, fit_offset):
+    distance = numpyro.sample("cluster_distance", dist.LogNormal(jnp.log(distance_centre), distance_width))
+    size = numpyro.sample("cluster_size", dist.LogNormal(jnp.log(size_centre), size_width))
+    fraction = numpyro.sample("member_fraction", dist.Uniform(0.0, 1.0))
+    scale = numpyro.sample("field_scale", dist.LogNormal(jnp.log(field_centre), field_width))
+    offset = numpyro.sample("parallax_offset", dist.Normal(0.0, OFFSET_PRIOR_SD)) if fit_offset else 0.0
+    return distance, size, fraction, scale, offset
+
+
+def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distance_centre=1000.0,
+          distance_width=0.5, size_centre=10.0, size_width=1.0, field_centre=1000.0, field_width=1.0,
+          field_table=None, field_table_domain=None):
+    """Cluster + field mixture with every star's distance integrated out (see the module doc);
+    ``field_table``/``field_table_domain`` (optional, :func:`with_field_table`) tabulate the
+    field term."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    distance, size, fraction, scale, offset = _globals(distance_centre, distance_width, size_centre, size_width,
+                                                       field_centre, field_width, fit_offset)
+    w = jnp.asarray(parallax)
+    s = jnp.asarray(parallax_error)
+    log_c, log_f = log_component_marginals(w, s, profile=profile, distance=distance, size=size, scale=scale,
+                                           offset=offset, field_table=field_table,
+                                           field_table_domain=field_table_domain)
+    per_star = jnp.logaddexp(jnp.log(fraction) + log_c, jnp.log1p(-fraction) + log_f)
+    numpyro.factor("parallax_likelihood", jnp.sum(per_star))
+
+
+def reference_model(parallax, parallax_error, profile="lognormal", fit_offset=True, distance_centre=1000.0,
+                    distance_width=0.5, size_centre=10.0, size_width=1.0, field_centre=1000.0, field_width=1.0):
+    """The full-latent reference: one latent distance per star (``star_distance``), drawn from
+    the same mixture (lognormal cluster profile only), the same priors on the globals."""
+    if profile != "lognormal":
+        raise ValueError("the full-latent reference model has the lognormal profile only")
+    distance, size, fraction, scale, offset = _globals(distance_centre, distance_width, size_centre, size_width,
+                                                       field_centre, field_width, fit_offset)
+    w = jnp.asarray(parallax)
+    with numpyro.plate("star", w.shape[0]):
+        mixing = dist.Categorical(probs=jnp.stack([fraction, 1.0 - fraction]))
+        components = [dist.LogNormal(jnp.log(distance), size / distance), dist.Gamma(3.0, 1.0 / scale)]
+        r = numpyro.sample("star_distance", dist.MixtureGeneral(mixing, components))
+        numpyro.sample("parallax", dist.Normal(1000.0 / r + offset, jnp.asarray(parallax_error)), obs=w)

