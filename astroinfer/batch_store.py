@@ -36,6 +36,8 @@ from astroinfer.store import FORMAT_NAME, FORMAT_VERSION, to_json
 
 __all__ = ["BatchStore", "ResumeError", "summary_dataset", "SUMMARY_KEYS", "parts_folder"]
 
+# Quantile levels of every batch summary: 95% and 68% intervals and the median.
+QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
 SUMMARY_KEYS = ("mean", "sd", "quantiles", "mode_location", "mode_mass", "mode_mean", "mode_sd", "num_modes")
 _MODE_KEYS = {"mode_location", "mode_mass", "mode_mean", "mode_sd"}
 
@@ -71,7 +73,6 @@ def summary_dataset(spec, merged: dict[str, np.ndarray], coords: dict[str, np.nd
     """The ``problem_summary`` group as an ``xarray.Dataset`` (in-memory runs)."""
     import xarray as xr
 
-    from astroinfer.engine.grid import QUANTILES
 
     items = _summary_items(merged, spec.names)
     ds = xr.Dataset({k: (dims, np.asarray(v)) for k, (dims, v) in items.items()})
@@ -136,8 +137,7 @@ class BatchStore:
         """Stream every chunk into the final result file (atomic), then remove the parts."""
         import h5netcdf
 
-        from astroinfer.engine.grid import QUANTILES
-
+    
         names = list(names)
         missing = sorted(set(range(self.num_chunks)) - self.completed())
         if missing:

@@ -20,8 +20,9 @@ Optional hooks, for pipelines that need more than one ``engine.sample`` call:
   they are ``--name`` flags after the pipeline name;
 - ``sample(prepared, progress) -> Result``: runs the inference in place of the one
   ``engine.sample`` call (several models compared by evidence, per-object quantities drawn
-  after the globals, batches of many problems); it calls ``prepared.finish(result)`` to record
-  provenance and write the result file;
+  after the globals, batches of many problems) and returns the result; the run then
+  records the input in its provenance and writes the result file (:meth:`PreparedRun.finish`),
+  except for a ``batch`` pipeline, which writes its resumable result file as it goes;
 - ``show(result) -> str``: text ``astroinfer show`` prints after the generic summary;
 - ``plots``: extra ``astroinfer plot --kind`` names, each ``fn(result) -> Figure``;
 - ``batch``: the pipeline runs many independent problems and accepts the execution
@@ -346,9 +347,15 @@ class PreparedRun:
 
     def sample(self, progress: bool = False) -> "Result":
         """Sample (the pipeline's own ``sample`` hook if it has one), then :meth:`finish`."""
-        if self.pipeline.sample is not None:
-            return self.pipeline.sample(self, progress)
-        return self.finish(self.sample_model(progress=progress))
+        if self.pipeline.sample is None:
+            result = self.sample_model(progress=progress)
+        else:
+            result = self.pipeline.sample(self, progress)
+        if self.pipeline.batch:
+            # A batch pipeline streams its chunks into the result file as they finish (so an
+            # interrupted run resumes) and records its provenance there itself.
+            return result
+        return self.finish(result)
 
     def sample_model(self, progress: bool = False, **overrides: Any) -> "Result":
         """One ``engine.sample`` of the pipeline's model on the loaded data with this run's

@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 import astroinfer
-from astroinfer.engine import batch_nuts
+from astroinfer.engine.batch import nuts as batch_nuts
 
 NUM = 48  # problems
 NOBS = 8  # observations per problem

@@ -17,7 +17,7 @@ from numpyro import handlers
 
 from astroinfer.engine import flowmc, nested, nuts
 from astroinfer.engine.diagnostics import convergence_diagnostics
-from astroinfer.engine.method import Method, is_count
+from astroinfer.engine.method import Method, build_for, is_count
 from astroinfer.engine.model import ModelBridge
 from astroinfer.engine.run import MethodRun
 from astroinfer.engine.timing import CompileTimer
@@ -92,6 +92,7 @@ def sample(
     num_samples: int = 1000,
     *,
     progress: bool = False,
+    share_compiled: bool = False,
     **options: Any,
 ) -> Result:
     """Run one inference of ``model(**data)`` and return a :class:`~astroinfer.Result`.
@@ -111,6 +112,12 @@ def sample(
         Posterior draws per chain (NUTS, flow-MC) or equally weighted draws (nested).
     progress:
         Show progress on the terminal.
+    share_compiled:
+        Compile once for data of this structure and these array shapes and reuse the code
+        in later calls (the data are arguments of the compiled code, see
+        :mod:`astroinfer.engine.method`): for many problems of one size. The draws of a
+        seed may then differ in the last bits from those of the default, which compiles
+        the data in.
     options:
         Method options; ``method_defaults(method)`` lists them with their defaults.
     """
@@ -119,12 +126,15 @@ def sample(
     chosen = METHODS[method]
     started = utc_now()
     with CompileTimer() as timer:
-        built = chosen.build(ModelBridge(model, data), resolved)
-        # The data compiled in: XLA folds terms computed from the data (a prior scaled from
-        # them) while compiling and rounds them differently from the same terms computed at
-        # run time; compiled in, a seed gives bitwise the draws of earlier versions.
+        if share_compiled:
+            built = build_for(chosen, model, data, resolved)
+        else:
+            built = chosen.build(ModelBridge(model, data), resolved)
+        # By default the data are compiled in: XLA folds terms computed from the data (a prior
+        # scaled from them) while compiling and rounds them differently from the same terms
+        # computed at run time; compiled in, a seed gives bitwise the draws of earlier versions.
         run = chosen.run(built, data, seed=seed, num_samples=num_samples, progress=progress,
-                         data_as_constants=True)
+                         data_as_constants=not share_compiled)
     finished = utc_now()
     idata = _to_idata(run, _observed_data(model, data))
     diagnostics = {

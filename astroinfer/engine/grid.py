@@ -36,7 +36,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro import handlers
+from numpyro.distributions import constraints
+from numpyro.infer.util import log_density
 
+from astroinfer.batch_store import QUANTILES
 from astroinfer.engine.errors import OptionError
 from astroinfer.engine.model import ModelError
 
@@ -56,7 +60,6 @@ GRID_DEFAULTS: dict[str, Any] = {
 # With method "grid", sample_batch also takes every batch_nested.DEFAULTS option prefixed with
 # ``nested_`` (``nested_fallback``, ``nested_num_live_points``, ...): the nested sampling of
 # problems the grid cannot resolve.
-QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
 MAX_DIM = 3
 # Nodes whose log posterior is this far below the peak carry no mass (e^-30 ~ 1e-13).
 _ZOOM_LOG_DROP = 30.0
@@ -232,7 +235,6 @@ class SiteLayout:
 
 def site_layout(model: Callable, data0: dict[str, Any]) -> SiteLayout:
     """The latent sites of ``model(**data0)``: at most three scalars, continuous."""
-    from numpyro import handlers
 
     trace = handlers.trace(handlers.seed(model, 0)).get_trace(**data0)
     names = []
@@ -255,8 +257,6 @@ def site_layout(model: Callable, data0: dict[str, Any]) -> SiteLayout:
 
 def _site_bounds(model: Callable, names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[jax.Array, jax.Array]]:
     """``data -> (low, high)`` of the prior box of one problem (traceable, so it vmaps)."""
-    from numpyro import handlers
-    from numpyro.distributions import constraints
 
     def bounds(data):
         trace = handlers.trace(handlers.seed(model, 0)).get_trace(**data)
@@ -282,7 +282,6 @@ def _site_bounds(model: Callable, names: tuple[str, ...]) -> Callable[[dict[str,
 
 def grid_log_density_fn(model: Callable, names: tuple[str, ...]) -> Callable:
     """``(data, nodes (G, d)) -> (G,)`` log joint density (prior + likelihood) of one problem."""
-    from numpyro.infer.util import log_density
 
     def one(data, point):
         params = {name: point[j] for j, name in enumerate(names)}

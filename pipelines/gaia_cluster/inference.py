@@ -91,4 +91,4 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     result.idata.add_groups(_star_groups(loaded, stars, num_keep))
     result.diagnostics["likely_members"] = int((stars["membership"] > LIKELY_MEMBER).sum())
     result.diagnostics["expected_members"] = float(stars["membership"].sum())
-    return prepared.finish(result)
+    return result

@@ -16,7 +16,7 @@ from numpyro import handlers
 
 from .data import _messages
 from .derived import _fixed_values, _units, derived_quantities
-from .evidence import choose_by_evidence, nested_result
+from .evidence import choose_by_evidence
 from .gp_start import gp_continuum_start
 from .numpyro_model import fixed_gp_sites, line_centres_np, model
 from .options import LOG_BAYES_FACTOR_FOR_A_LINE
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def sample(prepared: "PreparedRun", progress: bool) -> "Result":
     """The pipeline's ``sample`` hook: K from ``--lines`` or chosen by evidence, the K-line fit,
-    :func:`finalise`, then ``prepared.finish``."""
+    :func:`finalise`; the run layer then records and saves it."""
     loaded = prepared.loaded
     meta = loaded.metadata
     comparison = None
@@ -40,14 +40,14 @@ def sample(prepared: "PreparedRun", progress: bool) -> "Result":
         # K is chosen by evidence; the posterior of the chosen K comes from the method asked
         # for (nested sampling's own draws when that is the method).
         if prepared.method == "nested":
-            result = nested_result(prepared, settings, choice.fit, choice.started, choice.timing)
+            result = choice.result
         else:
             result = _fit_fixed_k(prepared, settings, progress)
     else:
         settings = dict(loaded.data)
         result = _fit_fixed_k(prepared, settings, progress)
     finalise(result, settings, meta, getattr(meta, "arrays", {}), comparison)
-    return prepared.finish(result)
+    return result
 
 
 def _fit_fixed_k(prepared: "PreparedRun", settings: dict, progress: bool) -> "Result":

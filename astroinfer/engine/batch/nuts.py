@@ -37,9 +37,25 @@ several modes) 581 means were off by more than 0.1 sd and R-hat > 1.05 flagged 3
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+import blackjax
+from blackjax.adaptation.base import get_filter_adapt_info_fn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.util import constrain_fn, potential_energy
+from scipy import stats
+from scipy.fft import next_fast_len
+
+from astroinfer.batch_store import QUANTILES
+from astroinfer.engine.batch.devices import devices as host_devices
+from astroinfer.engine.batch.devices import pad, problem_keys
+from astroinfer.engine.errors import OptionError
+from astroinfer.engine.model import ModelBridge, ModelError
 
 __all__ = ["DEFAULTS", "check_options", "latent_names", "run_problems", "overall_diagnostics",
            "split_rhat", "ess_bulk"]
@@ -71,16 +87,12 @@ _MIN_PEAK_RATIO = 0.05
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    from astroinfer.engine.errors import OptionError
-
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise OptionError(f"batch method 'nuts': {name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_options(options: dict[str, Any], num_draws: int) -> None:
     """Raise :class:`~astroinfer.engine.errors.OptionError` for a bad setting (one line)."""
-    from astroinfer.engine.errors import OptionError
-
     _positive_int("num_warmup", options["num_warmup"])
     _positive_int("num_samples", options["num_samples"], 4)
     _positive_int("num_chains", options["num_chains"])
@@ -104,8 +116,6 @@ def check_options(options: dict[str, Any], num_draws: int) -> None:
 
 def latent_names(model: Callable, data0: dict[str, Any]) -> tuple[str, ...]:
     """The model's latent sites (all scalars: per-problem results keep one value per site)."""
-    from astroinfer.engine.model import ModelBridge, ModelError
-
     bridge = ModelBridge(model, data0)
     shapes = {k: np.shape(v) for k, v in bridge.unravel(bridge.init_flat).items()}
     vector = {k: s for k, s in shapes.items() if s != ()}
@@ -122,9 +132,6 @@ _CACHE: dict[Any, Any] = {}
 
 def _marginal(x, quantiles, max_modes: int, min_mass: float):
     """Mean, sd, quantiles and modes of one parameter's pooled draws ``x`` (N,)."""
-    import jax
-    import jax.numpy as jnp
-
     n = x.shape[0]
     mean = jnp.mean(x)
     xc = x - mean  # centred sums keep float32 precision
@@ -183,18 +190,6 @@ def _marginal(x, quantiles, max_modes: int, min_mass: float):
 def _chunk_function(spec, shared: dict[str, Any], example: dict[str, Any]):
     """Jitted ``(batched, shared, indices, seed) -> per-problem results`` for one group of
     ``group_size`` problems (compiled for each device it is called on)."""
-    import blackjax
-    import jax
-    import jax.numpy as jnp
-    from blackjax.adaptation.base import get_filter_adapt_info_fn
-    from numpyro import handlers
-    from numpyro.distributions.transforms import biject_to
-    from numpyro.infer.util import constrain_fn, potential_energy
-
-    from astroinfer.engine import batch
-    from astroinfer.engine.grid import QUANTILES
-    from astroinfer.engine.model import ModelBridge, ModelError
-
     opts = dict(spec.options)
     key = (spec.model, spec.options, spec.num_draws, tuple(sorted(shared)))
     if key in _CACHE:
@@ -203,7 +198,7 @@ def _chunk_function(spec, shared: dict[str, Any], example: dict[str, Any]):
     bridge = ModelBridge(model, {**shared, **example})
     names = spec.names
     flat_names = tuple(bridge.unravel(bridge.init_flat))  # the flat vector's order
-    C, S, W, K = opts["num_chains"], opts["num_samples"], opts["group_size"], opts["init_candidates"]
+    C, S, K = opts["num_chains"], opts["num_samples"], opts["init_candidates"]
     num_draws = spec.num_draws
     keep = (np.arange(num_draws) * (C * S)) // num_draws  # evenly spaced over the chains' draws
 
@@ -265,7 +260,7 @@ def _chunk_function(spec, shared: dict[str, Any], example: dict[str, Any]):
         return out
 
     def group(batched, shared_arrays, indices, seed):
-        keys = batch._keys(seed, indices)
+        keys = problem_keys(seed, indices)
         return jax.vmap(lambda d, k: one_problem({**shared_arrays, **d}, k))(batched, keys)
 
     _CACHE[key] = (key, jax.jit(group))
@@ -279,8 +274,6 @@ def _executables(key, jitted, args, devices) -> list:
     """The group function compiled for each device. The model is traced once (here, in this
     thread: NumPyro's handler stack is per thread); the XLA compilations, which release the
     GIL, then run side by side, so two devices cost about one compile in wall time."""
-    import jax
-
     leaves, tree = jax.tree.flatten(args)
     shapes = (str(tree),) + tuple((np.shape(a), np.asarray(a).dtype.str) for a in leaves)  # new shapes: new compile
     missing = [d for d in devices if (key, shapes, d.id) not in _EXECUTABLES]
@@ -289,7 +282,6 @@ def _executables(key, jitted, args, devices) -> list:
         if len(lowered) == 1:
             compiled = [lowered[0].compile()]
         else:
-            from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(len(lowered)) as pool:
                 compiled = list(pool.map(lambda low: low.compile(), lowered))
@@ -306,8 +298,6 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
 
 def _z_scale(x: np.ndarray) -> np.ndarray:
     """Rank-normalise over the last two axes together (Blom's offset, as ArviZ)."""
-    from scipy import stats
-
     flat = x.reshape(x.shape[:-2] + (-1,))
     rank = stats.rankdata(flat, method="average", axis=-1)
     size = flat.shape[-1]
@@ -334,8 +324,6 @@ def split_rhat(x: np.ndarray) -> np.ndarray:
 
 def _ess(x: np.ndarray) -> np.ndarray:
     """Geyer's initial monotone sequence estimator, vectorised over leading axes of (..., chains, draws)."""
-    from scipy.fft import next_fast_len
-
     m, n = x.shape[-2:]
     centred = x - x.mean(axis=-1, keepdims=True)
     size = next_fast_len(2 * n)
@@ -379,23 +367,19 @@ def ess_bulk(x: np.ndarray) -> np.ndarray:
 def run_problems(spec, batched: dict[str, np.ndarray], shared: dict[str, Any],
                  indices: np.ndarray) -> dict[str, np.ndarray]:
     """NUTS on the given problems; results in the batch engine's per-problem layout."""
-    import jax
-
-    from astroinfer.engine import batch
-
     n = indices.size
     example = {k: np.asarray(v)[0] for k, v in batched.items()}
     key, jitted = _chunk_function(spec, shared, example)
     size = dict(spec.options)["group_size"]
     starts = range(0, n, size)
-    devices = batch._devices()[:len(starts)]  # no compilation for a device that would get no group
+    devices = host_devices()[:len(starts)]  # no compilation for a device that would get no group
     shared_np = {k: np.asarray(v) for k, v in shared.items()}
     seed = np.uint32(spec.seed)
     groups = []
     for start in starts:
         stop = min(n, start + size)
-        padded = batch._pad({k: np.asarray(v)[start:stop] for k, v in batched.items()}, size)
-        idx = batch._pad({"i": indices[start:stop]}, size)["i"].astype(np.int32)
+        padded = pad({k: np.asarray(v)[start:stop] for k, v in batched.items()}, size)
+        idx = pad({"i": indices[start:stop]}, size)["i"].astype(np.int32)
         groups.append((stop - start, (padded, shared_np, idx, seed)))
     executables = _executables(key, jitted, groups[0][1], devices)
     # Dispatch every group before reading any result: the devices work while Python queues.

@@ -4,8 +4,9 @@
 handlers are global per thread, so never threads), one per core up to 2; any other value
 is the address of a running Dask scheduler (``tcp://host:8786``; on SLURM/PBS start one
 with dask-jobqueue, see the docs' cluster page). Each task receives the run's
-:class:`~astroinfer.engine.batch.BatchSpec` (names and numbers: the model and grid kernel
-travel as ``module:qualname`` references) and its chunk's numpy arrays, compiles in the
+:class:`~astroinfer.engine.batch.spec.BatchSpec` (names and numbers: the model and grid
+kernel travel as ``module:qualname`` references) and its chunk's numpy arrays, runs the
+chunk function it is given (``run.run_chunk``, pickled by reference), compiles in the
 worker (once per worker and chunk shape) and returns numpy results. The client keeps a
 bounded number of chunks in flight, so memory does not grow with the number of problems,
 and is the only writer of the result file.
@@ -14,7 +15,7 @@ and is the only writer of the result file.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -25,14 +26,8 @@ __all__ = ["run_chunks", "SchedulerError", "LOCAL_WORKERS"]
 LOCAL_WORKERS = 2
 
 
-def _worker_run(spec, index: int, batched: dict[str, np.ndarray], shared: dict[str, Any]) -> dict[str, np.ndarray]:
-    from astroinfer.engine.batch import run_chunk
-
-    return run_chunk(spec, index, batched, shared)
-
-
 def _client(scheduler: str):
-    try:
+    try:  # Dask is an optional extra: imported only when a scheduler is asked for
         from distributed import Client, LocalCluster
     except ImportError as err:
         raise SchedulerError("--scheduler needs Dask: pip install 'astroinfer[distributed]'") from err
@@ -49,9 +44,11 @@ def _client(scheduler: str):
                              "expected 'local' or an address such as tcp://host:8786") from err
 
 
-def run_chunks(spec, batched: dict[str, np.ndarray], shared: dict[str, Any], chunks: Iterable[int],
-               scheduler: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Run ``chunks`` on Dask workers; yield ``(index, results)`` in completion order."""
+def run_chunks(run_chunk: Callable, spec, batched: dict[str, np.ndarray], shared: dict[str, Any],
+               chunks: Iterable[int], scheduler: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Run ``chunks`` on Dask workers, each as ``run_chunk(spec, index, arrays, shared)`` (a
+    module-level function: workers import it by name); yield ``(index, results)`` in
+    completion order."""
     if not spec.portable():
         raise SchedulerError("--scheduler needs a model (and grid kernel) defined at module level of an importable "
                              "module, so that workers can import it by name")
@@ -67,7 +64,7 @@ def run_chunks(spec, batched: dict[str, np.ndarray], shared: dict[str, Any], chu
         def submit(index: int) -> None:
             lo, hi = spec.chunk_bounds(index)
             part = {k: v[lo:hi] for k, v in batched.items()}
-            in_flight.add(client.submit(_worker_run, spec, index, part, shared, pure=False, key=f"astroinfer-chunk-{index}-{os.getpid()}"))
+            in_flight.add(client.submit(run_chunk, spec, index, part, shared, pure=False, key=f"astroinfer-chunk-{index}-{os.getpid()}"))
 
         for _ in range(min(limit, len(pending))):
             index = pending.pop(0)
