@@ -28,7 +28,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 from astroinfer.errors import InputError, OptionError, PipelineError
 
@@ -108,34 +108,52 @@ def check_execution(pipeline: "Pipeline", execution: Mapping[str, Any] | None) -
 
 
 
+class MethodFamily(NamedTuple):
+    """The methods a pipeline's runs choose from: the single-problem engine's
+    (``engine.METHODS``) or, for a batch pipeline, the batch engine's (grid, nested, nuts)."""
+
+    names: tuple[str, ...]
+    defaults: Callable[[str], dict[str, Any]]
+    validate: Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def method_family(pipeline: "Pipeline") -> MethodFamily:
+    # The engine is imported only when a run is resolved or a config checked: listing
+    # pipelines and failing on a bad name or flag must not wait for JAX to import.
+    if pipeline.batch:
+        from astroinfer.engine import batch
+
+        return MethodFamily(tuple(batch.BATCH_METHODS), batch.method_defaults, batch.validate_options)
+    from astroinfer.engine import METHODS, method_defaults, validate_options
+
+    return MethodFamily(tuple(METHODS), method_defaults, validate_options)
+
+
+def _check_table(where: str, key: str, value: Any, what: str, check: Callable[[dict], Any]) -> None:
+    """A config table ``[key]`` of ``what``, checked by ``check``; raises InputError naming ``where``."""
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: '{key}' must be a table ([{key}]) of {what}")
+    try:
+        check(value)
+    except (OptionError, PipelineError) as err:
+        raise InputError(f"{where}: [{key}] {_one_line(err)}") from None
+
+
 def _check_config(where: str, config: Mapping[str, Any], pipeline: "Pipeline") -> None:
     """Every key known and every table valid; raises :class:`InputError` naming ``where``."""
-    # The engine is imported only here and in resolve: listing pipelines and failing on a bad
-    # name or flag must not wait for JAX to import.
-    from astroinfer.engine import METHODS, validate_options
-
+    methods, _, validate_options = method_family(pipeline)
     for key, value in config.items():
         if key == "pipeline":
-            if not isinstance(value, dict):
-                raise InputError(f"{where}: 'pipeline' must be a table ([pipeline]) of the pipeline's own options")
-            try:
-                check_pipeline_options(pipeline, value)
-            except PipelineError as err:
-                raise InputError(f"{where}: [pipeline] {_one_line(err)}") from None
-        elif key in METHODS:
-            if not isinstance(value, dict):
-                raise InputError(f"{where}: '{key}' must be a table ([{key}]) of method options")
-            try:
-                validate_options(key, value)
-            except OptionError as err:
-                raise InputError(f"{where}: [{key}] {_one_line(err)}") from None
+            _check_table(where, key, value, "the pipeline's own options", lambda v: check_pipeline_options(pipeline, v))
+        elif key in methods:
+            _check_table(where, key, value, "method options", lambda v, m=key: validate_options(m, v))
         elif key not in CONFIG_KEYS:
             raise InputError(
                 f"{where}: unknown key '{key}'; expected {', '.join(CONFIG_KEYS)} "
-                f"or tables {', '.join(f'[{m}]' for m in (*METHODS, 'pipeline'))}"
+                f"or tables {', '.join(f'[{m}]' for m in (*methods, 'pipeline'))}"
             )
-    if "method" in config and config["method"] not in METHODS:
-        raise InputError(f"{where}: method must be one of {', '.join(METHODS)}, got {config['method']!r}")
+    if "method" in config and config["method"] not in methods:
+        raise InputError(f"{where}: method must be one of {', '.join(methods)}, got {config['method']!r}")
     for key in ("seed", "num_samples"):
         if key in config:
             value, low = config[key], (0 if key == "seed" else 1)
@@ -196,12 +214,13 @@ class RunSettings:
 
     def resolve(self, pipeline: "Pipeline") -> ResolvedSettings:
         """Apply the precedence and check every setting; raises before any data is read."""
-        from astroinfer.engine import check_settings, method_defaults  # lazy: see _check_config
+        from astroinfer.engine import check_settings  # lazy: see method_family
 
+        family = method_family(pipeline)
         check_pipeline_options(pipeline, self.pipeline_options)
         config = self._config(pipeline)
         method = check_pipeline_method(pipeline, self.method or config.get("method"))
-        defaults = method_defaults(method)
+        defaults = family.defaults(method)
         options = {**config.get(method, {}), **self.options}
         for count in _COUNTS:
             value = getattr(self, count)
@@ -212,7 +231,7 @@ class RunSettings:
             options[count] = value
         seed = self.seed if self.seed is not None else config.get("seed", DEFAULT_SEED)
         num_samples = self.num_samples if self.num_samples is not None else config.get("num_samples", DEFAULT_NUM_SAMPLES)
-        check_settings(method, seed, num_samples, options)
+        check_settings(method, seed, num_samples, options, validate=family.validate)
         execution = check_execution(pipeline, self.execution)
         if self.retrain and method != "flowmc":
             raise OptionError(f"{self._label('retrain')} applies to method 'flowmc' only (the method is '{method}')")

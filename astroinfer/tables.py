@@ -8,6 +8,7 @@ expected of it.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from astroinfer.errors import InputError, OutputError
+from astroinfer.files import atomic_write
 
 __all__ = [
     "READ_FORMATS", "extension", "first_line", "check_readable", "read_table", "find_column", "shown_columns",
@@ -153,3 +155,19 @@ def truth_path(path: str | os.PathLike) -> Path:
     ending = extension(path, _SIMULATED_FORMATS)
     stem = path.name[: -len(ending)] if ending and path.name.lower().endswith(ending) else path.stem
     return path.with_name(f"{stem}.truth.json")
+
+
+def write_simulated(path: Path, table, fmt: str, record: Mapping[str, Any], *,
+                    ecsv_meta: Mapping[str, Any] | None = None,
+                    fits_header: Mapping[str, Any] | None = None) -> None:
+    """Write a simulated input ``table`` to ``path`` in astropy format ``fmt`` and its truth
+    ``record`` to :func:`truth_path` (JSON), both atomically. The truth also goes into the
+    table itself where the format has room: an ECSV's metadata (``ecsv_meta``, default the
+    whole record) and a FITS header (``fits_header`` cards)."""
+    if fmt == "ascii.ecsv":
+        table.meta["astroinfer_simulation"] = dict(record if ecsv_meta is None else ecsv_meta)
+    elif fmt == "fits" and fits_header:
+        table.meta.update(fits_header)
+    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), suffix=extension(path) or ".tmp")
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    atomic_write(truth_path(path), lambda tmp: Path(tmp).write_text(text))

@@ -32,7 +32,6 @@ Input: a table (CSV, ECSV, FITS or VOTable, read by ``astropy.table``) with colu
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -40,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from astroinfer.files import atomic_write
 from astroinfer.pipeline import InputError, OutputError, Pipeline, PipelineData
 from astroinfer.tables import (
     READ_FORMATS, check_simulate_target, extension, find_column, float_column, read_table, shown_columns, truth_path,
+    write_simulated,
 )
 
 if TYPE_CHECKING:
@@ -214,16 +213,9 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_points: int = 50,
     table = Table({"x": x, "y": y, "sigma_y": sigma_y})
     for name in table.colnames:
         table[name].format = ".6g"
-    fmt = _WRITE_FORMATS[ext]
-    if fmt == "ascii.ecsv":
-        table.meta["astroinfer_simulation"] = record
-    elif fmt == "fits":
-        table.meta.update({"PIPELINE": NAME, "SEED": int(seed), "M_TRUE": params["m"], "B_TRUE": params["b"],
-                           "Q_TRUE": params["Q"], "YB_TRUE": params["Y_b"], "VB_TRUE": params["V_b"]})
-    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), suffix=extension(path) or ".tmp")
-    sidecar = truth_path(path)
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
+    write_simulated(path, table, _WRITE_FORMATS[ext], record, fits_header={
+        "PIPELINE": NAME, "SEED": int(seed), "M_TRUE": params["m"], "B_TRUE": params["b"], "Q_TRUE": params["Q"],
+        "YB_TRUE": params["Y_b"], "VB_TRUE": params["V_b"]})
     return record
 
 

@@ -50,12 +50,15 @@ def validate_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return METHODS[method].check(options)
 
 
-def check_settings(method: str, seed: Any, num_samples: Any, options: dict[str, Any]) -> dict[str, Any]:
+def check_settings(method: str, seed: Any, num_samples: Any, options: dict[str, Any],
+                   validate: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Refuse a bad method, seed, sample count or option; return the resolved options.
 
-    :func:`sample` calls it first; pipelines call it before reading any data.
+    :func:`sample` calls it first; pipelines call it before reading any data. ``validate``
+    checks the method and its options (default :func:`validate_options`; a batch pipeline
+    passes the batch engine's).
     """
-    resolved = validate_options(method, dict(options))  # also checks the method name
+    resolved = (validate or validate_options)(method, dict(options))  # also checks the method name
     if not is_count(num_samples) or num_samples < 1:
         raise OptionError(f"num_samples must be a positive integer, got {num_samples!r}")
     if not is_count(seed) or seed < 0:

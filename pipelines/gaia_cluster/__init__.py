@@ -52,7 +52,7 @@ The package's modules:
 - :mod:`.numpyro_model`: :func:`model` and :func:`reference_model` (NumPyro);
 - :mod:`.stars`: the per-star conditionals drawn after the globals (JAX);
 - :mod:`.inference`: the ``sample`` hook (the run, then the result's star tables);
-- :mod:`.simulation`: :func:`simulate` and :func:`truth_path`;
+- :mod:`.simulation`: :func:`simulate` (its truth file at :func:`truth_path`, from :mod:`astroinfer.tables`);
 - :mod:`.report`: ``show``, ``summarise`` and the parallax figure.
 
 The model's, the simulator's and the hook's modules are not called ``model``, ``simulate``
@@ -67,6 +67,7 @@ from __future__ import annotations
 
 from astroinfer.lazy import OnFirstUse, lazy_names
 from astroinfer.pipeline import Pipeline
+from astroinfer.tables import truth_path
 
 # Names tests, benchmarks and notebooks use (numpy-only modules, imported now).
 from .data import GaiaData, _distance_peak, lindegren_zero_point, load, prior_settings, zero_point_in_range
@@ -75,7 +76,7 @@ from .options import (
     OFFSET_PRIOR_SD, OPTIONS, PROFILES, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS, _halo_scales,
 )
 from .report import parallax_figure, show, summarise
-from .simulation import gaia_parallax_error, simulate, simulate_catalog, truth_path
+from .simulation import gaia_parallax_error, simulate, simulate_catalog
 
 __all__ = [
     "PIPELINE", "load", "model", "reference_model", "simulate", "summarise", "show", "truth_path",

@@ -9,7 +9,6 @@ submodule sets it as the package's attribute of that name, which would replace t
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from astroinfer.errors import OutputError
-from astroinfer.files import atomic_write
-from astroinfer.tables import check_simulate_target, truth_path
+from astroinfer.tables import check_simulate_target, write_simulated
 
 from .options import GLOBALS, HALO_COMPONENTS, MIN_STARS, NAME, PROFILES, _halo_scales
 
@@ -101,10 +99,6 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
         "model": "cluster (profile) + exponentially decreasing space density field; parallax = 1000/r + offset "
                  "+ Normal(0, parallax_error), errors from a Gaia DR3 error-vs-G curve",
     }
-    fmt = _WRITE_FORMATS[ext]
-    if fmt == "ascii.ecsv":
-        table.meta["astroinfer_simulation"] = {k: record[k] for k in ("pipeline", "seed", "truth", "profile")}
-    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), suffix=ext or ".tmp")
-    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    atomic_write(truth_path(path), lambda tmp: Path(tmp).write_text(text))
+    write_simulated(path, table, _WRITE_FORMATS[ext], record,
+                    ecsv_meta={k: record[k] for k in ("pipeline", "seed", "truth", "profile")})
     return record

@@ -35,7 +35,7 @@ The package's modules:
 - :mod:`.phase_model`: the likelihood, the NumPyro models and the grid kernels (JAX);
 - :mod:`.h5parm`: reading and writing h5parm files (h5py);
 - :mod:`.smooth`: the optional smoothing stage (tinygp);
-- :mod:`.simulation`: :func:`simulate` and :func:`truth_path`;
+- :mod:`.simulation`: :func:`simulate` (its truth file at :func:`truth_path`, from :mod:`astroinfer.tables`);
 - :mod:`.report`: ``show``, ``summarise`` and the dTEC plot;
 - :mod:`.inference`: the ``sample`` hook (the batch run, the h5parm, the result file).
 
@@ -95,8 +95,10 @@ PIPELINE = Pipeline(
     show=show,
     plots={"dtec": plot_dtec},
     batch=True,
-    # Problems of one or two parameters: exact quadrature, with batched nested sampling where
-    # the grid does not resolve a posterior (--solver); NUTS and flow-MC do not apply.
-    methods=("nested",),
-    default_method="nested",
+    # Problems of one or two parameters: exact quadrature (--method grid), with batched
+    # nested sampling where the grid does not resolve a posterior, or batched nested sampling
+    # of every problem (--method nested). The batch engine's NUTS does not suit these
+    # multimodal posteriors (its R-hat flags most of them).
+    methods=("grid", "nested"),
+    default_method="grid",
 )

@@ -36,11 +36,11 @@ def kappa_from_noise(sigma: float) -> float:
 
 def load(path: str | os.PathLike, *, phase_noise: float = 0.3, dtec_max: float = 1.0, fit_clock: bool = False,
          clock_max: float = 2e-8, ref_ant: str | None = None, solset: str | None = None, soltab: str | None = None,
-         solver: str = "auto", draws: int = 100, chunk_size: int = 8192, h5parm_out: str | None = None,
+         draws: int = 100, chunk_size: int = 8192, h5parm_out: str | None = None,
          smooth: bool = False) -> PipelineData:
     """Read an h5parm phase soltab into per-problem arrays (problem = time, ant, dir, pol).
 
-    ``solver`` to ``smooth`` are run settings (see RUN_OPTIONS), accepted here so that every
+    ``draws`` to ``smooth`` are run settings (see RUN_OPTIONS), accepted here so that every
     option of the pipeline can be given to it; reading the file does not use them."""
     path = Path(path)
     table = read_phases(path, solset=solset, soltab=soltab)

@@ -106,11 +106,10 @@ def _plan(prepared: "PreparedRun") -> _BatchRun:
     shared = dict(loaded.data["shared"])
     fit_clock = "clock_max" in shared
     batched = {"phase": loaded.data["phase"], "weight": loaded.data["weight"]}
-    solver = settings["solver"]
-    method = "nested" if solver == "nested" else "grid"
-    options: dict[str, Any] = {}
-    if method == "grid":
-        options = {"grid_kernel": _KERNELS[fit_clock], "nested_fallback": solver == "auto"}
+    method = prepared.method
+    options: dict[str, Any] = dict(prepared.options)
+    if method == "grid":  # the likelihood of a whole chunk on the grid at once
+        options["grid_kernel"] = _KERNELS[fit_clock]
     num = batched["phase"].shape[0]
     chunk = min(settings["chunk_size"], -(-num // 512) * 512)
     model_fn = model_dtec_clock if fit_clock else model_dtec
@@ -292,8 +291,9 @@ def _diagnostics(run: _BatchRun, solutions: _Solutions, todo: list[int], done: s
                                            "search grid; the screen may be too smooth or too rough")
     if diagnostics["problems_grid_unresolved"]:
         diagnostics["warnings"].append(f"{diagnostics['problems_grid_unresolved']} problem(s) not resolved by the grid "
-                                       "even after refinement (method_code 3); use --solver auto for nested fallback")
-    if diagnostics["problems_nested"] and run.settings["solver"] != "nested":  # a fallback, not what was asked for
+                                       "even after refinement (method_code 3); nested_fallback = true (the default) in the "
+                                       "config's [grid] table nested-samples them")
+    if diagnostics["problems_nested"] and run.method != "nested":  # a fallback, not what was asked for
         diagnostics["warnings"].append(f"{diagnostics['problems_nested']} problem(s) were not resolved by the grid and "
                                        "were nested-sampled instead (method_code 2)")
     return diagnostics

@@ -7,7 +7,7 @@ A module of its own, importing nothing heavy, so that the package's ``__init__``
 
 from __future__ import annotations
 
-from astroinfer.pipeline import PipelineOption, parse_choice, parse_count, parse_positive
+from astroinfer.pipeline import PipelineOption, parse_count, parse_positive
 
 __all__ = ["NAME", "RUN_OPTIONS", "SIMULATE_OPTIONS", "LOAD_DEFAULTS"]
 
@@ -22,8 +22,6 @@ RUN_OPTIONS = (
                    "usually already referenced)", None, str),
     PipelineOption("solset", "solset to read (default: the first with a phase soltab)", None, str),
     PipelineOption("soltab", "phase soltab to read (default: the first with TITLE 'phase')", None, str),
-    PipelineOption("solver", "auto (exact grid, nested sampling where the grid does not resolve), grid or "
-                   "nested (the pipeline's one engine method is nested sampling)", "auto", parse_choice("auto", "grid", "nested")),
     PipelineOption("draws", "posterior draws kept per problem", 100, parse_count(1)),
     PipelineOption("chunk_size", "problems per chunk (the unit of resume and of Dask tasks)", 8192, parse_count(1)),
     PipelineOption("h5parm_out", "the TEC h5parm to write (default: OUT with .h5 replaced by .tec.h5)", None, str),

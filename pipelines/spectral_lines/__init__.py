@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from astroinfer.lazy import OnFirstUse, lazy_names
 from astroinfer.pipeline import Pipeline
+from astroinfer.tables import truth_path
 
 from .data import _messages, load
 from .options import (
@@ -36,7 +37,7 @@ from .options import (
     SIGNS, SIMULATE_OPTIONS, SPEED_OF_LIGHT_KMS, WIDTH_MAX_U, count_parameters,
 )
 from .report import line_table, show, summarise
-from .simulation import simulate, truth_path, tutorial_spectrum
+from .simulation import simulate, tutorial_spectrum
 
 __all__ = ["PIPELINE", "load", "model", "simulate", "summarise", "show", "fit_figure", "truth_path",
            "line_table", "count_parameters", "tutorial_spectrum"]

@@ -7,7 +7,6 @@ for ``PIPELINE.simulate`` when the CLI only lists the pipelines.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from astroinfer.errors import OutputError
-from astroinfer.files import atomic_write
-from astroinfer.tables import check_simulate_target, truth_path
+from astroinfer.tables import check_simulate_target, write_simulated
 
 from .options import GAUSS_FWHM, NAME
 
@@ -105,14 +103,8 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, lines: int = 2, num_pixe
     table = Table({"wavelength": x * u.AA, "flux": flux * flux_unit, "error": error * flux_unit})
     for name in table.colnames:
         table[name].format = ".8g"
-    fmt = _WRITE_FORMATS[ext]
-    if fmt == "ascii.ecsv":
-        table.meta["astroinfer_simulation"] = record
-    elif fmt == "fits":
-        table.meta.update({"PIPELINE": NAME, "SEED": int(seed), "NLINES": int(lines)})
-    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), suffix=ext)
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    atomic_write(truth_path(path), lambda tmp: Path(tmp).write_text(text))
+    write_simulated(path, table, _WRITE_FORMATS[ext], record,
+                    fits_header={"PIPELINE": NAME, "SEED": int(seed), "NLINES": int(lines)})
     return record
 
 

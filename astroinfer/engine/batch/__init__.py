@@ -28,8 +28,9 @@ share :mod:`.spec` (:class:`BatchSpec`, the method codes) and :mod:`.devices` (p
 per-problem keys, the split over devices).
 """
 
-from astroinfer.engine.batch.run import iter_results, make_spec, run_chunk, sample_batch, summary_counts, to_result
+from astroinfer.engine.batch.run import (iter_results, make_spec, method_defaults, run_chunk, sample_batch,
+                                         summary_counts, to_result, validate_options)
 from astroinfer.engine.batch.spec import BATCH_METHODS, METHOD_CODES, BatchSpec
 
 __all__ = ["sample_batch", "BatchSpec", "run_chunk", "make_spec", "iter_results", "to_result",
-           "BATCH_METHODS", "METHOD_CODES", "summary_counts"]
+           "BATCH_METHODS", "METHOD_CODES", "summary_counts", "method_defaults", "validate_options"]

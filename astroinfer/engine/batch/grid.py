@@ -78,15 +78,19 @@ def _in_sub_batches(fn: Callable, batched: dict, indices, sub: int):
     return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
 
 
+def _grid_settings(spec: BatchSpec) -> tuple[int, int, float, float, float, int]:
+    """Grid points per axis, mode settings, the half-grid tolerances and the dimension."""
+    return (spec.option("grid_points"), spec.option("max_modes"), spec.option("mode_min_mass"),
+            spec.option("logz_tolerance"), spec.option("mean_tolerance"), len(spec.names))
+
+
 def _kernel_fn(spec: BatchSpec):
     """Compiled chunk function of the fast path (kernel on a shared grid)."""
     key = ("kernel", spec.model, spec.grid_kernel, spec.options, spec.num_draws)
     if key in _COMPILED:
         return _COMPILED[key]
     kernel = spec.kernel_obj()
-    npts, max_modes, min_mass = spec.option("grid_points"), spec.option("max_modes"), spec.option("mode_min_mass")
-    ltol, mtol = spec.option("logz_tolerance"), spec.option("mean_tolerance")
-    d = len(spec.names)
+    npts, max_modes, min_mass, ltol, mtol, d = _grid_settings(spec)
 
     def body(batched, shared, indices, seed):
         low, high = kernel.bounds(shared)
@@ -128,9 +132,7 @@ def _generic_fn(spec: BatchSpec):
     if key in _COMPILED:
         return _COMPILED[key]
     model = spec.model_fn()
-    npts, max_modes, min_mass = spec.option("grid_points"), spec.option("max_modes"), spec.option("mode_min_mass")
-    ltol, mtol = spec.option("logz_tolerance"), spec.option("mean_tolerance")
-    d = len(spec.names)
+    npts, max_modes, min_mass, ltol, mtol, d = _grid_settings(spec)
     density = g.grid_log_density_fn(model, spec.names)
     bounds_fn = g._site_bounds(model, spec.names)
     u = jnp.linspace(0.0, 1.0, npts, dtype=jnp.float32)

@@ -27,7 +27,8 @@ from astroinfer.result import Result
 from astroinfer.store import provenance as make_provenance
 from astroinfer.store import utc_now
 
-__all__ = ["sample_batch", "run_chunk", "make_spec", "iter_results", "to_result", "summary_counts"]
+__all__ = ["sample_batch", "run_chunk", "make_spec", "iter_results", "to_result", "summary_counts",
+           "method_defaults", "validate_options"]
 
 
 def _check_data(data: dict[str, Any]) -> int:
@@ -39,11 +40,30 @@ def _check_data(data: dict[str, Any]) -> int:
     return int(next(iter(sizes.values())))
 
 
+def method_defaults(method: str) -> dict[str, Any]:
+    """The options of batch method ``method`` with their defaults; "grid" also takes every
+    option of the nested sampler prefixed ``nested_`` (its fallback for unresolved problems)."""
+    if method not in BATCH_METHODS:
+        raise OptionError(f"unknown batch method '{method}': expected one of {', '.join(BATCH_METHODS)}")
+    if method == "grid":
+        return {**quadrature.GRID_DEFAULTS, **{f"nested_{k}": v for k, v in nested.DEFAULTS.items()}}
+    return dict(nuts.DEFAULTS if method == "nuts" else nested.DEFAULTS)
+
+
+def validate_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The defaults merged with ``options``; an unknown option raises OptionError (the
+    values are checked by :func:`make_spec`, which knows the model's dimension)."""
+    defaults = method_defaults(method)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise OptionError(f"unknown option(s) for batch method '{method}': {', '.join(unknown)}; valid options are "
+                          f"{', '.join(sorted(defaults))}")
+    return {**defaults, **options}
+
+
 def make_spec(model: Callable, data: dict[str, Any], shared: dict[str, Any] | None, method: str, seed: int,
               num_draws: int, chunk_size: int | None, options: dict[str, Any]) -> BatchSpec:
     """Validate the settings, find the model's parameters, and describe the run."""
-    if method not in BATCH_METHODS:
-        raise OptionError(f"unknown batch method '{method}': expected one of {', '.join(BATCH_METHODS)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
@@ -54,16 +74,7 @@ def make_spec(model: Callable, data: dict[str, Any], shared: dict[str, Any] | No
     kernel_ref = kernel if isinstance(kernel, str) else None
     if kernel_ref is not None:
         kernel = resolve_reference(kernel_ref)
-    defaults = dict(quadrature.GRID_DEFAULTS) if method == "grid" else dict(nested.DEFAULTS)
-    if method == "nuts":
-        defaults = dict(nuts.DEFAULTS)
-    if method == "grid":
-        defaults.update({f"nested_{k}": v for k, v in nested.DEFAULTS.items()})
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise OptionError(f"unknown option(s) for batch method '{method}': {', '.join(unknown)}; valid options are "
-                          f"{', '.join(sorted(defaults))}")
-    merged = {**defaults, **options}
+    merged = validate_options(method, options)
     shared = dict(shared or {})
     first = {k: np.asarray(v[0]) for k, v in data.items()}  # v may be an h5py dataset: read one row
     layout = quadrature.site_layout(model, {**shared, **first}) if method == "grid" else None
