@@ -1,4 +1,5 @@
-"""The package's layers import one way only, and no modules import each other in a cycle.
+"""The package's layers import one way only, no modules import each other in a cycle, and
+modules and functions stay under the sizes docs/architecture.md gives.
 
 From the bottom: errors and files; tables, store and result; the engine; settings; pipeline
 (and lazy); the pipelines; the CLI. A module may import its own layer or any below it, never
@@ -127,3 +128,17 @@ def test_no_import_cycles(top_level_only):
         if module not in state:
             visit(module, [module])
     assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+# The house's room sizes: a module that outgrows 600 lines, or a function 120, wants splitting.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 120
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_modules_and_functions_stay_small(module):
+    text = MODULES[module].read_text()
+    assert text.count("\n") <= MAX_MODULE_LINES, f"{module}: {text.count(chr(10))} lines"
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{module}: {', '.join(long)}"

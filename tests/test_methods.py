@@ -142,3 +142,50 @@ def test_split_data_keeps_arrays_dynamic_and_the_rest_static():
     back = merge_data(structure, arrays)
     assert back["name"] == "a" and back["off"] is None and back["pair"][0] == 1.5 and back["n"] == 2
     assert back["y"] is data["y"]
+
+
+# --- the batch methods (sample_batch): the same protocol for many problems at once ----------
+def batch_gaussian(y, sigma):
+    # One scalar mean per problem, on a bounded prior (the grid needs a box).
+    mu = numpyro.sample("mu", dist.Uniform(-5.0, 5.0))
+    numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def batch_problems(seed: int, num: int = 32, n_obs: int = 8):
+    rng = np.random.default_rng(seed)
+    truth = rng.uniform(-2.0, 2.0, num)
+    y = (truth[:, None] + rng.normal(size=(num, n_obs))).astype(np.float32)
+    return {"y": y}, {"sigma": np.float32(1.0)}
+
+
+BATCH_FAST = {"grid": {}, "nested": {"num_live_points": 64, "num_importance": 0}, "nuts": {"num_warmup": 200}}
+
+
+@pytest.mark.parametrize("name", ["grid", "nested", "nuts"])
+def test_batch_methods_declare_defaults_and_checks(name):
+    from astroinfer.engine.batch import METHODS as BATCH, BatchMethod, method_defaults as batch_defaults
+
+    method = BATCH[name]
+    assert isinstance(method, BatchMethod) and method.name == name
+    assert dict(method.defaults) == batch_defaults(name)
+    data, shared = batch_problems(0)
+    assert method.latent_names(batch_gaussian, {**shared, "y": data["y"][0]}) == ("mu",)
+    with pytest.raises(astroinfer.OptionError, match=f"unknown option.*batch method '{name}'"):
+        astroinfer.sample_batch(batch_gaussian, data, method=name, shared=shared, no_such_option=1)
+
+
+@pytest.mark.parametrize("name", ["grid", "nested", "nuts"])
+def test_batch_second_run_on_new_data_compiles_nothing_and_matches_the_posterior(name):
+    """Each problem's posterior is N(ybar, 1/n) (truncated far out by the prior box): the
+    means must match, and new problems of the same shapes reuse the compiled chunk."""
+    runs = []
+    for seed in (1, 2):
+        data, shared = batch_problems(seed)
+        with CompileTimer() as timer:
+            res = astroinfer.sample_batch(batch_gaussian, data, method=name, seed=0, shared=shared, num_draws=50,
+                                          chunk_size=32, **BATCH_FAST[name])
+        runs.append(timer.backend_compiles)
+        mean = res.idata.problem_summary["mu_mean"].values
+        ybar, sd = data["y"].mean(axis=1), 1 / np.sqrt(data["y"].shape[1])
+        assert np.sqrt(np.mean(((mean - ybar) / sd) ** 2)) < 0.15, name
+    assert runs[0] > 0 and runs[1] == 0, runs

@@ -17,6 +17,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from astroinfer.errors import InputError
 from astroinfer.pipeline import get_pipeline
 from astroinfer.pipelines import spectral_lines as sl
 
@@ -105,6 +106,30 @@ def test_non_finite_values_are_masked_and_reported(tmp_path):
     assert any("non-finite" in m for m in sl._messages(data.metadata))
 
 
+def test_zero_errors_mask_their_pixels_and_errors_count_only_inside_the_window(tmp_path):
+    """SDSS/DESI: an inverse variance of 0 (error 0) marks a masked pixel; a bad error outside
+    the fitted window does not matter, inside it is refused."""
+    x, flux, err = _spectrum()
+    err[[0, 1, 199]] = 0.0  # masked pixels, as an SDSS file has them
+    data = sl.load(_write_table(tmp_path / "zero.csv", wavelength=x, flux=flux, error=err), lines=1)
+    counts = data.metadata["pixel_counts"]
+    assert counts["zero_error"] == 3 and counts["used"] == x.size - 3
+    assert any("masked 3 pixel(s) with zero error" in m for m in sl._messages(data.metadata))
+    err[5] = -1.0  # nonsense, but outside the window
+    path = _write_table(tmp_path / "neg_outside.csv", wavelength=x, flux=flux, error=err)
+    window = f"{(x[19] + x[20]) / 2}:{(x[180] + x[181]) / 2}"  # pixels 20-180
+    assert sl.load(path, lines=1, window=window).metadata["pixel_counts"]["used"] == 161
+    with pytest.raises(InputError, match="pixel 6"):
+        sl.load(path, lines=1)
+
+
+def test_a_spectrum_without_errors_fits_the_noise_and_says_so(tmp_path):
+    x, flux, _ = _spectrum()
+    data = sl.load(_write_table(tmp_path / "noerr.csv", wavelength=x, flux=flux), lines=1)
+    assert data.data["sigma"] is None and not data.metadata["has_error"]
+    assert any("no error column; the noise level is fitted" in m for m in sl._messages(data.metadata))
+
+
 def test_unsorted_axis_is_sorted_and_decreasing_reversed(tmp_path):
     x, flux, err = _spectrum()
     order = np.random.default_rng(0).permutation(x.size)
@@ -140,10 +165,6 @@ def _bad_inputs(tmp_path):
     neg[7] = -0.1
     cases["negative-error"] = (_write_table(tmp_path / "neg.csv", wavelength=x, flux=flux, error=neg), (),
                                ["error column 'error' must be > 0", "pixel 8"])
-    zero = err.copy()
-    zero[0] = 0.0
-    cases["zero-error"] = (_write_table(tmp_path / "zero.csv", wavelength=x, flux=flux, error=zero), (),
-                           ["must be > 0", "pixel 1"])
     cases["few-pixels"] = (_write_table(tmp_path / "few.csv", wavelength=x[:8], flux=flux[:8], error=err[:8]),
                            ("--lines", "2"), ["8 usable pixel(s)", "2 line(s) has 8 parameters"])
     cases["empty-window"] = (_write_table(tmp_path / "win.csv", wavelength=x, flux=flux, error=err),
@@ -158,7 +179,7 @@ def _bad_inputs(tmp_path):
     return cases
 
 
-BAD = ("no-axis", "no-flux", "all-nan", "negative-error", "zero-error", "few-pixels", "empty-window",
+BAD = ("no-axis", "no-flux", "all-nan", "negative-error", "few-pixels", "empty-window",
        "image-2d", "image-no-wcs", "duplicates", "missing-column-option")
 
 
@@ -766,3 +787,38 @@ def test_cli_fixed_gp_hyperparameters_recovers_lines_and_records_the_fixed_value
         for name, key in (("line_center", "center"), ("line_flux", "flux")):
             draws = np.asarray(post[name].isel(line=k)).ravel()
             assert abs(draws.mean() - line[key]) < 3 * draws.std(), (name, k, draws.mean(), draws.std(), line[key])
+
+
+# -- structure left in the residuals --------------------------------------------------------
+def test_residual_structure_flags_a_wavy_continuum_and_not_white_noise():
+    """Under white noise the binned chi-square is chi2(num_bins): p-values uniform, so 1 in 10^6
+    is flagged; a continuum wiggle of 0.5 noise sd over 3000 pixels is flagged every time."""
+    rng = np.random.default_rng(3)
+    x = np.linspace(6500.0, 6620.0, 3000)
+    white = [sl.residual_structure(rng.normal(size=x.size), np.zeros(x.size), 1.0) for _ in range(200)]
+    p_values = np.array([w["p_value"] for w in white])
+    assert white[0]["num_bins"] == 50 and white[0]["bin_pixels"] == 60
+    assert np.all(p_values > sl.STRUCTURE_P_VALUE)
+    assert 0.35 < np.mean(p_values) < 0.65  # uniform under the null
+    wavy = rng.normal(size=x.size) + 0.5 * np.sin(x / 9.0)
+    assert sl.residual_structure(wavy, np.zeros(x.size), 1.0)["p_value"] < sl.STRUCTURE_P_VALUE
+
+
+def test_a_straight_continuum_fitted_to_a_wavy_one_gets_a_stored_warning(tmp_path, run_cli):
+    """The issue's wavy continuum (no line) fitted with the default straight line: the result
+    file says the residuals show structure; the same spectrum with a straight continuum does not."""
+    from astroinfer import load
+
+    x = np.linspace(6500.0, 6620.0, 600)
+    rng = np.random.default_rng(5)
+    noise = 0.3 * rng.normal(size=x.size)
+    for name, continuum, flagged in (("wavy", 10 + 0.8 * np.sin(x / 9) + 0.5 * np.cos(x / 23), True),
+                                     ("flat", 10 + 0.002 * (x - 6560), False)):
+        path = _write_table(tmp_path / f"{name}.csv", wavelength=x, flux=continuum + noise, error=np.full(x.size, 0.3))
+        out = tmp_path / f"{name}.h5"
+        code, _, err = run_cli("run", "spectral-lines", path, "--lines", "0", "--samples", "300", "--warmup", "300",
+                               "-q", "-o", out)
+        assert code == 0, err
+        diagnostics = load(out).diagnostics
+        assert (diagnostics["residual_structure"]["p_value"] < sl.STRUCTURE_P_VALUE) == flagged
+        assert any("residuals show structure" in m for m in diagnostics["warnings"]) == flagged

@@ -19,6 +19,7 @@ from astroinfer.engine import flowmc, nested, nuts
 from astroinfer.engine.diagnostics import convergence_diagnostics
 from astroinfer.engine.method import Method, build_for, is_count
 from astroinfer.engine.model import ModelBridge
+from astroinfer.engine.prior_pull import prior_pull_warnings
 from astroinfer.engine.run import MethodRun
 from astroinfer.engine.timing import CompileTimer
 from astroinfer.errors import ConvergenceWarning, ModelError, OptionError
@@ -151,6 +152,8 @@ def sample(
     diagnostics["warnings"] = _convergence_warnings(diagnostics, method, run)
     for message in diagnostics["warnings"]:
         warnings.warn(message, ConvergenceWarning, stacklevel=2)
+    # Not a sampling problem but a modelling one: stored with the result, shown by `show`.
+    diagnostics["warnings"] += prior_pull_warnings(model, data, idata.posterior)
     record = provenance(
         method=method,
         options={**resolved, "num_samples": num_samples},

@@ -8,7 +8,8 @@ input's units. The package's modules:
 - :mod:`.data`: reading a spectrum (FITS image or table) and :func:`load`;
 - :mod:`.numpyro_model`: the NumPyro :func:`model` (its docstring states the model), the
   profiles, the GP continuum and the likelihoods;
-- :mod:`.derived`: the physical per-line quantities from the draws;
+- :mod:`.derived`: the physical per-line quantities and the model curves from the draws;
+- :mod:`.residuals`: the check for structure left in a fit's residuals;
 - :mod:`.starts` and :mod:`.gp_start`: NUTS's start point (least squares; the GP
   continuum's start search);
 - :mod:`.evidence`: ``--lines auto``'s nested-sampling fits and choice of K;
@@ -58,6 +59,7 @@ _ON_FIRST_USE = {
     "evidence": ("AUTO_LIVE_POINTS", "AUTO_LIVE_POINTS_GP", "choose_by_evidence", "choose_num_lines",
                  "nested_fit"),
     "inference": ("finalise",),
+    "residuals": ("residual_structure", "residual_check", "STRUCTURE_P_VALUE"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _ON_FIRST_USE, globals())
 

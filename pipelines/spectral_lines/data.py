@@ -301,6 +301,7 @@ def load(path: str | os.PathLike, *, lines: int | str = "auto", max_lines: int =
     raw = read_spectrum(path, tuple(columns) if columns is not None else None)
     flags = _flagged_pixels(path, raw)
     excluded = _excluded_pixels(path, raw, flags.good, window, mask)
+    _check_errors(path, raw, flags, excluded)
     used = _used_pixels(raw, flags.good & ~excluded)
     kmax = max_lines if lines == "auto" else int(lines)
     _check_enough_pixels(path, used.x, count_parameters(kmax, profile, continuum, degree, raw.error is not None,
@@ -368,12 +369,16 @@ class _Flags(NamedTuple):
     good: np.ndarray
     bad_x: np.ndarray
     bad_flux: np.ndarray
-    bad_error: np.ndarray
+    bad_error: np.ndarray  # not finite
+    zero_error: np.ndarray  # exactly 0: SDSS/DESI files mark masked pixels so (inverse variance 0)
+    negative_error: np.ndarray
 
 
 def _flagged_pixels(path: Path, raw: RawSpectrum) -> _Flags:
-    """The pixels with finite values that the file does not mark bad; refuses a spectrum with
-    none, errors that are not positive, and a spectral axis with repeated values."""
+    """The pixels with finite values, a positive error and no bad mark in the file; refuses a
+    spectrum with none and a spectral axis with repeated values. A zero error masks its pixel
+    (an inverse variance of 0 means "masked"); a negative one is refused only where the fit
+    would use it (:func:`_check_errors`)."""
     x, flux, error = raw.x, raw.flux, raw.error
     n_total = int(flux.size)
     if n_total == 0:
@@ -383,20 +388,28 @@ def _flagged_pixels(path: Path, raw: RawSpectrum) -> _Flags:
         raise InputError(f"{path}: all {n_total} flux values are non-finite (NaN or inf); expected numbers")
     bad_x = ~np.isfinite(x)
     bad_flux = ~finite_flux
-    bad_error = np.zeros_like(bad_flux) if error is None else ~np.isfinite(error)
-    good = ~(bad_x | bad_flux | bad_error | raw.bad)
-    if error is not None:
-        nonpositive = np.flatnonzero(good & ~(error > 0))
-        if nonpositive.size:
-            column = (raw.source.get("columns") or {}).get("error") or raw.source.get("error_hdu") or "error"
-            first = nonpositive[0]
-            raise InputError(f"{path}: error column '{column}' must be > 0; {nonpositive.size} pixel(s) are not "
-                             f"(first at pixel {first + 1}: {error[first]})")
+    no_flags = np.zeros_like(bad_flux)
+    bad_error = no_flags if error is None else ~np.isfinite(error)
+    zero_error = no_flags if error is None else (error == 0)
+    negative_error = no_flags if error is None else (error < 0)
+    good = ~(bad_x | bad_flux | bad_error | zero_error | negative_error | raw.bad)
     xs = x[good]
     if xs.size and np.unique(xs).size != xs.size:
         raise InputError(f"{path}: the spectral axis repeats values ({xs.size - np.unique(xs).size} duplicate(s)); "
                          "expected distinct, monotonic values")
-    return _Flags(good, bad_x, bad_flux, bad_error)
+    return _Flags(good, bad_x, bad_flux, bad_error, zero_error, negative_error)
+
+
+def _check_errors(path: Path, raw: RawSpectrum, flags: _Flags, excluded: np.ndarray) -> None:
+    """Refuse negative errors on pixels the fit would use (inside the window, outside the
+    mask, otherwise usable); outside, they do not matter."""
+    otherwise_good = ~(flags.bad_x | flags.bad_flux | flags.bad_error | raw.bad)
+    negative = np.flatnonzero(flags.negative_error & otherwise_good & ~excluded)
+    if negative.size:
+        column = (raw.source.get("columns") or {}).get("error") or raw.source.get("error_hdu") or "error"
+        first = negative[0]
+        raise InputError(f"{path}: error column '{column}' must be > 0 (0 masks a pixel); {negative.size} "
+                         f"pixel(s) in the fitted range are negative (first at pixel {first + 1}: {raw.error[first]})")
 
 
 def _excluded_pixels(path: Path, raw: RawSpectrum, good: np.ndarray, window, mask) -> np.ndarray:
@@ -488,7 +501,8 @@ def _pixel_counts(raw: RawSpectrum, flags: _Flags, excluded: np.ndarray, used: _
         "non_finite_axis": int(bad_x.sum()),
         "non_finite_flux": int(bad_flux.sum()),
         "non_finite_error": int((bad_error & ~bad_flux).sum()),
-        "flagged_bad": int((raw.bad & ~(bad_x | bad_flux | bad_error)).sum()),
+        "zero_error": int((flags.zero_error & ~(bad_x | bad_flux)).sum()),
+        "flagged_bad": int((raw.bad & ~(bad_x | bad_flux | bad_error | flags.zero_error)).sum()),
         "outside_window_or_masked": int((excluded & flags.good).sum()),
         "used": int(used.x.size),
     }
@@ -519,6 +533,11 @@ def _messages(metadata: dict) -> list[str]:
     if any(masked.values()):
         parts = [f"{v} {k.replace('non_finite_', '')}" for k, v in masked.items() if v]
         out.append(f"{metadata.get('path')}: masked pixels with non-finite values ({', '.join(parts)})")
+    if counts.get("zero_error"):
+        out.append(f"{metadata.get('path')}: masked {counts['zero_error']} pixel(s) with zero error (an inverse "
+                   "variance of 0 marks a masked pixel)")
+    if not metadata.get("has_error", True):
+        out.append(f"{metadata.get('path')}: no error column; the noise level is fitted (log_noise_u)")
     if metadata.get("axis_order") == "unsorted":
         out.append(f"{metadata.get('path')}: the spectral axis was not monotonic; pixels were sorted")
     return out

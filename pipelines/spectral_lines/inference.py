@@ -20,6 +20,7 @@ from .evidence import choose_by_evidence
 from .gp_start import gp_continuum_start
 from .numpyro_model import fixed_gp_sites, line_centres_np, model
 from .options import LOG_BAYES_FACTOR_FOR_A_LINE
+from .residuals import residual_check
 from .starts import initial_values, least_squares_start
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ def finalise(result: "Result", settings: dict, meta: dict, arrays: dict, compari
         warnings.simplefilter("ignore")
         result.idata.add_groups(groups)
     result.diagnostics["num_lines"] = int(settings["num_lines"])
-    messages = _messages(meta)
+    result.diagnostics["residual_structure"], residual_messages = residual_check(result)
+    messages = _messages(meta) + residual_messages
     if messages:
         result.diagnostics["warnings"] = list(result.diagnostics.get("warnings", [])) + messages
     return result

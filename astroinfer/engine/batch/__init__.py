@@ -24,13 +24,15 @@ Methods:
 The package, arrows pointing down only: :mod:`.run` (``sample_batch``, ``make_spec``,
 ``run_chunk``, ``iter_results``, ``to_result``) dispatches to :mod:`.grid`, :mod:`.nested`
 and :mod:`.nuts` (one chunk each) and to :mod:`.dask` (chunks on Dask workers); all of them
-share :mod:`.spec` (:class:`BatchSpec`, the method codes) and :mod:`.devices` (padding,
-per-problem keys, the split over devices).
+share :mod:`.spec` (:class:`BatchSpec`, the :class:`BatchMethod` protocol each method
+follows, the method codes) and :mod:`.devices` (padding, per-problem keys, the split over
+devices).
 """
 
-from astroinfer.engine.batch.run import (iter_results, make_spec, method_defaults, run_chunk, sample_batch,
-                                         summary_counts, to_result, validate_options)
-from astroinfer.engine.batch.spec import BATCH_METHODS, METHOD_CODES, BatchSpec
+from astroinfer.engine.batch.run import (METHODS, batch_method, iter_results, make_spec, method_defaults, run_chunk,
+                                         sample_batch, summary_counts, to_result, validate_options)
+from astroinfer.engine.batch.spec import BATCH_METHODS, METHOD_CODES, BatchMethod, BatchSpec
 
 __all__ = ["sample_batch", "BatchSpec", "run_chunk", "make_spec", "iter_results", "to_result",
-           "BATCH_METHODS", "METHOD_CODES", "summary_counts", "method_defaults", "validate_options"]
+           "BATCH_METHODS", "METHOD_CODES", "summary_counts", "method_defaults", "validate_options", "METHODS",
+           "BatchMethod", "batch_method"]

@@ -20,9 +20,12 @@ from astroinfer.engine.batch import nested
 from astroinfer.engine.batch.devices import num_devices, pad, parallel, problem_keys, take, to_numpy
 from astroinfer.engine.batch.spec import METHOD_CODES, BatchSpec
 
-__all__ = ["run_problems", "SUB_BATCH", "sub_batch_size"]
+__all__ = ["METHOD", "BatchGrid", "DEFAULTS", "run_problems", "SUB_BATCH", "sub_batch_size"]
 
 _COMPILED: dict[Any, Any] = {}
+#: The quadrature's options and, prefixed ``nested_``, those of the nested sampler it hands
+#: unresolved problems to.
+DEFAULTS: dict[str, Any] = {**g.GRID_DEFAULTS, **{f"nested_{k}": v for k, v in nested.DEFAULTS.items()}}
 
 
 def _flatten(box: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -223,3 +226,31 @@ def run_problems(spec: BatchSpec, batched: dict[str, np.ndarray], shared: dict[s
     out.pop("zoom_high")
     out.pop("resolved")
     return out
+
+
+class BatchGrid:
+    """``method="grid"`` of :func:`~astroinfer.engine.batch.sample_batch` (the
+    :class:`~astroinfer.engine.batch.spec.BatchMethod` protocol): at most three scalar
+    parameters on a bounded box."""
+
+    name = "grid"
+    defaults = DEFAULTS
+
+    def latent_names(self, model: Callable, example: dict[str, Any]) -> tuple[str, ...]:
+        return g.site_layout(model, example).names
+
+    def check(self, options: dict[str, Any], *, model: Callable, first: dict[str, Any], shared: dict[str, Any],
+              names: tuple[str, ...], kernel: Any = None, **_: Any) -> dict[str, Any]:
+        g.check_grid_options(options)
+        if options["grid_points"] is None:
+            options = {**options, "grid_points": g.default_points(len(names))}
+        if kernel is not None:
+            g.check_kernel(model, kernel, first, shared, names)
+        return options
+
+    def run_problems(self, spec: BatchSpec, batched: dict[str, np.ndarray], shared: dict[str, Any],
+                     indices: np.ndarray) -> dict[str, np.ndarray]:
+        return run_problems(spec, batched, shared, indices)
+
+
+METHOD = BatchGrid()

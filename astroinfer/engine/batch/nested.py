@@ -61,11 +61,12 @@ from numpyro.infer.util import constrain_fn
 
 from astroinfer.engine.batch.devices import num_devices, pad, parallel
 from astroinfer.engine.batch.marginals import weighted_marginal
+from astroinfer.engine.batch.spec import METHOD_CODES
 from astroinfer.engine.errors import OptionError
 from astroinfer.engine.grid import GRID_DEFAULTS
 from astroinfer.engine.model import ModelBridge
 
-__all__ = ["DEFAULTS", "latent_names", "run_problems", "SUB_BATCH"]
+__all__ = ["DEFAULTS", "METHOD", "BatchNested", "latent_names", "run_problems", "SUB_BATCH"]
 
 DEFAULTS: dict[str, Any] = {
     # Few live points: the run finds the modes and the posterior's shape; the evidence's
@@ -514,3 +515,26 @@ def run_problems(spec, batched: dict[str, np.ndarray], shared: dict[str, Any], i
     result["draws"] = result["draws"].astype(np.float32)
     result["nested_converged"] = result["nested_converged"].astype(bool)
     return result
+
+
+class BatchNested:
+    """``method="nested"`` of :func:`~astroinfer.engine.batch.sample_batch` (the
+    :class:`~astroinfer.engine.batch.spec.BatchMethod` protocol): every problem nested-sampled."""
+
+    name = "nested"
+    defaults = DEFAULTS
+
+    def latent_names(self, model: Callable, example: dict[str, Any]) -> tuple[str, ...]:
+        return latent_names(model, example)
+
+    def check(self, options: dict[str, Any], **_: Any) -> dict[str, Any]:
+        return options  # the values are checked with the dimension known (resolve_options)
+
+    def run_problems(self, spec, batched: dict[str, np.ndarray], shared: dict[str, Any],
+                     indices: np.ndarray) -> dict[str, np.ndarray]:
+        out = run_problems(spec, batched, shared, indices, dict(spec.options), whole_chunk=True)
+        out["method_code"] = np.full(indices.size, METHOD_CODES["nested"], np.int8)
+        return out
+
+
+METHOD = BatchNested()

@@ -54,11 +54,12 @@ from scipy.fft import next_fast_len
 from astroinfer.batch_store import QUANTILES
 from astroinfer.engine.batch.devices import devices as host_devices
 from astroinfer.engine.batch.devices import pad, problem_keys
+from astroinfer.engine.batch.spec import METHOD_CODES
 from astroinfer.engine.errors import OptionError
 from astroinfer.engine.model import ModelBridge, ModelError
 
-__all__ = ["DEFAULTS", "check_options", "latent_names", "run_problems", "overall_diagnostics",
-           "split_rhat", "ess_bulk"]
+__all__ = ["DEFAULTS", "METHOD", "BatchNUTS", "check_options", "latent_names", "run_problems",
+           "overall_diagnostics", "split_rhat", "ess_bulk"]
 
 DEFAULTS: dict[str, Any] = {
     "num_warmup": 500,
@@ -426,3 +427,27 @@ def overall_diagnostics(merged: dict[str, np.ndarray], names, r_hat_limit: float
     if low_ess:
         out["warnings"].append(f"{low_ess} problem(s) with bulk ESS < {ess_limit:.0f}")
     return out
+
+
+class BatchNUTS:
+    """``method="nuts"`` of :func:`~astroinfer.engine.batch.sample_batch` (the
+    :class:`~astroinfer.engine.batch.spec.BatchMethod` protocol): scalar latent sites only."""
+
+    name = "nuts"
+    defaults = DEFAULTS
+
+    def latent_names(self, model: Callable, example: dict[str, Any]) -> tuple[str, ...]:
+        return latent_names(model, example)
+
+    def check(self, options: dict[str, Any], *, num_draws: int, **_: Any) -> dict[str, Any]:
+        check_options(options, int(num_draws))
+        return options
+
+    def run_problems(self, spec, batched: dict[str, np.ndarray], shared: dict[str, Any],
+                     indices: np.ndarray) -> dict[str, np.ndarray]:
+        out = run_problems(spec, batched, shared, indices)
+        out["method_code"] = np.full(indices.size, METHOD_CODES["nuts"], np.int8)
+        return out
+
+
+METHOD = BatchNUTS()

@@ -18,17 +18,16 @@ import arviz as az
 import numpy as np
 
 from astroinfer.batch_store import summary_dataset
-from astroinfer.engine import grid as quadrature
 from astroinfer.engine.batch import dask, grid, nested, nuts
-from astroinfer.engine.batch.spec import (BATCH_METHODS, DEFAULT_CHUNK, METHOD_CODES, BatchSpec, reference,
-                                          resolve_reference)
+from astroinfer.engine.batch.spec import (BATCH_METHODS, DEFAULT_CHUNK, METHOD_CODES, BatchMethod, BatchSpec,
+                                          reference, resolve_reference)
 from astroinfer.errors import ConvergenceWarning, OptionError
 from astroinfer.result import Result
 from astroinfer.store import provenance as make_provenance
 from astroinfer.store import utc_now
 
 __all__ = ["sample_batch", "run_chunk", "make_spec", "iter_results", "to_result", "summary_counts",
-           "method_defaults", "validate_options"]
+           "METHODS", "batch_method", "method_defaults", "validate_options"]
 
 
 def _check_data(data: dict[str, Any]) -> int:
@@ -40,19 +39,25 @@ def _check_data(data: dict[str, Any]) -> int:
     return int(next(iter(sizes.values())))
 
 
+#: The batch methods, each following :class:`~astroinfer.engine.batch.spec.BatchMethod`.
+METHODS: dict[str, BatchMethod] = {"grid": grid.METHOD, "nested": nested.METHOD, "nuts": nuts.METHOD}
+
+
+def batch_method(method: str) -> BatchMethod:
+    if method not in METHODS:
+        raise OptionError(f"unknown batch method '{method}': expected one of {', '.join(BATCH_METHODS)}")
+    return METHODS[method]
+
+
 def method_defaults(method: str) -> dict[str, Any]:
     """The options of batch method ``method`` with their defaults; "grid" also takes every
     option of the nested sampler prefixed ``nested_`` (its fallback for unresolved problems)."""
-    if method not in BATCH_METHODS:
-        raise OptionError(f"unknown batch method '{method}': expected one of {', '.join(BATCH_METHODS)}")
-    if method == "grid":
-        return {**quadrature.GRID_DEFAULTS, **{f"nested_{k}": v for k, v in nested.DEFAULTS.items()}}
-    return dict(nuts.DEFAULTS if method == "nuts" else nested.DEFAULTS)
+    return dict(batch_method(method).defaults)
 
 
 def validate_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     """The defaults merged with ``options``; an unknown option raises OptionError (the
-    values are checked by :func:`make_spec`, which knows the model's dimension)."""
+    values are checked by :func:`make_spec`, which knows the model)."""
     defaults = method_defaults(method)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
@@ -77,17 +82,10 @@ def make_spec(model: Callable, data: dict[str, Any], shared: dict[str, Any] | No
     merged = validate_options(method, options)
     shared = dict(shared or {})
     first = {k: np.asarray(v[0]) for k, v in data.items()}  # v may be an h5py dataset: read one row
-    layout = quadrature.site_layout(model, {**shared, **first}) if method == "grid" else None
-    latent = nuts.latent_names if method == "nuts" else nested.latent_names  # nuts: scalar sites only
-    names = layout.names if layout is not None else latent(model, {**shared, **first})
-    if method == "nuts":
-        nuts.check_options(merged, int(num_draws))
-    if method == "grid":
-        quadrature.check_grid_options(merged)
-        if merged["grid_points"] is None:
-            merged["grid_points"] = quadrature.default_points(len(names))
-        if kernel is not None:
-            quadrature.check_kernel(model, kernel, first, shared, names)
+    chosen = batch_method(method)
+    names = chosen.latent_names(model, {**shared, **first})
+    merged = chosen.check(merged, model=model, first=first, shared=shared, names=names, num_draws=int(num_draws),
+                          kernel=kernel)
     size = chunk_size or DEFAULT_CHUNK["kernel" if kernel is not None else ("generic" if method == "grid" else method)]
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise OptionError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -104,14 +102,7 @@ def run_chunk(spec: BatchSpec, chunk_index: int, batched: dict[str, np.ndarray],
     """Results of one chunk (numpy arrays with a leading axis of the chunk's problems)."""
     start, stop = spec.chunk_bounds(chunk_index)
     indices = np.arange(start, stop, dtype=np.int64)
-    if spec.method == "grid":
-        out = grid.run_problems(spec, batched, shared, indices)
-    elif spec.method == "nuts":
-        out = nuts.run_problems(spec, batched, shared, indices)
-        out["method_code"] = np.full(indices.size, METHOD_CODES["nuts"], np.int8)
-    else:
-        out = nested.run_problems(spec, batched, shared, indices, dict(spec.options), whole_chunk=True)
-        out["method_code"] = np.full(indices.size, METHOD_CODES["nested"], np.int8)
+    out = METHODS[spec.method].run_problems(spec, batched, shared, indices)
     out["problem_index"] = indices
     return out
 

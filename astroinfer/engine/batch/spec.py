@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
-__all__ = ["BatchSpec", "BATCH_METHODS", "METHOD_CODES", "DEFAULT_CHUNK", "reference", "resolve_reference"]
+__all__ = ["BatchSpec", "BatchMethod", "BATCH_METHODS", "METHOD_CODES", "DEFAULT_CHUNK", "reference",
+           "resolve_reference"]
 
 BATCH_METHODS = ("grid", "nested", "nuts")
 METHOD_CODES = {"grid": 0, "grid-refined": 1, "nested": 2, "grid-unresolved": 3, "nuts": 4}
@@ -88,3 +89,35 @@ class BatchSpec:
                 "chunk_size": self.chunk_size, "num_draws": self.num_draws, "names": list(self.names),
                 "options": {k: v for k, v in self.options},
                 "grid_kernel": self.grid_kernel if isinstance(self.grid_kernel, (str, type(None))) else repr(self.grid_kernel)}
+
+
+@runtime_checkable
+class BatchMethod(Protocol):
+    """The protocol every batch method (``grid``, ``nested``, ``nuts``) follows, so that
+    :func:`~astroinfer.engine.batch.run.sample_batch` is a thin loop over it.
+
+    - ``name`` and ``defaults`` (every option with its default);
+    - ``latent_names(model, example)``: the parameters a problem has (``example`` is one
+      problem's data merged with the shared data);
+    - ``check(options, model=, first=, shared=, names=, num_draws=, kernel=)``: the merged
+      options with their values checked and the defaults that depend on the model filled in
+      (``first`` is the first problem's data, ``kernel`` the grid kernel or None);
+    - ``run_problems(spec, batched, shared, indices)``: one chunk's results, a dict of numpy
+      arrays with a leading problem axis, ``method_code`` included. The compiled chunk
+      function behind it is built once per spec and chunk shape and takes the problems'
+      data as its argument, so later chunks compile nothing.
+    """
+
+    name: str
+    defaults: Mapping[str, Any]
+
+    def latent_names(self, model: Callable, example: dict[str, Any]) -> tuple[str, ...]:
+        """The model's latent parameters, in the order of the results."""
+
+    def check(self, options: dict[str, Any], *, model: Callable, first: dict[str, Any], shared: dict[str, Any],
+              names: tuple[str, ...], num_draws: int, kernel: Any) -> dict[str, Any]:
+        """``options`` (defaults merged) with their values checked."""
+
+    def run_problems(self, spec: BatchSpec, batched: dict[str, Any], shared: dict[str, Any],
+                     indices: Any) -> dict[str, Any]:
+        """One chunk's per-problem results."""
