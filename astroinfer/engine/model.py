@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_median
-from numpyro.infer.util import _unconstrain_reparam, initialize_model, log_density
+from numpyro.infer.util import _unconstrain_reparam, constrain_fn, initialize_model, log_density
 
 from astroinfer.errors import ModelError
 
@@ -61,7 +61,6 @@ class _ModelInfo(NamedTuple):
     """What ``initialize_model`` tells about the model on the bridge's data."""
 
     potential_gen: Callable  # potential_gen(**data) -> potential energy of the params tree
-    postprocess_gen: Callable  # postprocess_gen(**data) -> constrained values of the params tree
     init_flat: jax.Array
     unravel: Callable
     sites: _SiteInfo
@@ -93,7 +92,7 @@ class ModelBridge:
     @functools.cached_property
     def _info(self) -> _ModelInfo:
         try:
-            # dynamic_args: the potential and postprocessing take the data as arguments.
+            # dynamic_args: the potential takes the data as arguments.
             info = initialize_model(
                 jax.random.PRNGKey(self._rng_seed),
                 self.model,
@@ -107,7 +106,7 @@ class ModelBridge:
         if not init_tree:
             raise ModelError("the model has no latent sample sites to infer")
         flat, unravel = ravel_pytree(init_tree)
-        return _ModelInfo(info.potential_fn, info.postprocess_fn, flat, unravel,
+        return _ModelInfo(info.potential_fn, flat, unravel,
                           _classify_sites(info.model_trace), info.model_trace)
 
     @property
@@ -201,7 +200,11 @@ class ModelBridge:
 
     def constrain(self, flat: jax.Array, data: dict[str, Any] | None = None) -> dict[str, jax.Array]:
         """Constrained latent values plus deterministic sites at one unconstrained point."""
-        return self._info.postprocess_gen(**self._data(data))(self.unravel(flat))
+        # The model is replayed on ``data``: numpyro's ``postprocess_fn`` (dynamic_args) keeps
+        # the transforms of the data it was initialised with when the model has no
+        # deterministic site, so a support set by the data (Uniform(0, A) with A from the
+        # flux range) would map another problem's draws with the first problem's bounds.
+        return constrain_fn(self.model, (), self._data(data), self.unravel(flat), return_deterministic=True)
 
     def constrain_many(self, flat_draws: jax.Array, data: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Apply :meth:`constrain` over leading axes (e.g. chain, draw)."""
