@@ -302,6 +302,42 @@ def test_model_density_is_prior_plus_quadrature_likelihood():
     assert float(logp) == pytest.approx(prior + like, abs=0.05)
 
 
+def test_systematic_offset_shifts_the_members_parallaxes_only():
+    """The default --offset systematic: the cluster term sees parallax - offset, the field
+    term the measured parallax (brute force), with and without the field table (which then
+    has no offset axis)."""
+    from numpyro.infer.util import log_density
+
+    data = gc.load(DEMO).data
+    assert data["fit_offset"] and not data["offset_in_field"]
+    tabled = gc.with_field_table(data)
+    assert float(tabled["field_table_domain"][2]) == 0.0 and tabled["field_table"].shape[1] == 1
+    offset = 0.1  # enough to move the likelihood by many nats
+    params = {"cluster_distance": 840.0, "cluster_size": 12.0, "member_fraction": 0.35, "field_scale": 520.0,
+              "parallax_offset": offset}
+    w, s = data["parallax"].astype(float), data["parallax_error"].astype(float)
+    bc, _, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, offset)
+    _, bf, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, 0.0)
+    like = np.sum(np.logaddexp(np.log(0.35) + bc, np.log(0.65) + bf))
+    _, bf_shifted, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, offset)
+    assert abs(np.sum(np.logaddexp(np.log(0.35) + bc, np.log(0.65) + bf_shifted)) - like) > 0.5
+    prior = (stats.lognorm.logpdf(840.0, data["distance_width"], scale=data["distance_centre"])
+             + stats.lognorm.logpdf(12.0, 1.0, scale=10.0) + stats.lognorm.logpdf(520.0, 1.0, scale=1000.0)
+             + stats.norm.logpdf(offset, 0, gc.OFFSET_PRIOR_SD))
+    for d in (data, tabled):
+        logp, _ = log_density(gc.model, (), dict(d), params)
+        assert float(logp) == pytest.approx(prior + like, abs=0.05)
+
+    # Per star: membership from the members-shifted cluster term and the unshifted field term.
+    w12, s12 = _hard_stars(12, seed=8)
+    member, _, _ = (np.asarray(a) for a in gc._star_moments(
+        w12.astype(np.float32), s12.astype(np.float32), "lognormal", 850.0, 15.0, 0.4, 480.0, offset, 0.0))
+    bc, _, _ = _brute_marginals(w12, s12, "lognormal", 850.0, 15.0, 480.0, offset)
+    _, bf, _ = _brute_marginals(w12, s12, "lognormal", 850.0, 15.0, 480.0, 0.0)
+    a, b = np.log(0.4) + bc, np.log(0.6) + bf
+    np.testing.assert_allclose(member, np.exp(a - np.logaddexp(a, b)), atol=2e-3)
+
+
 def test_star_conditionals_match_brute_force():
     """Membership probability, distance mean/sd and the distance draws of single stars given
     one global draw, against the dense integral (float64 numpy)."""

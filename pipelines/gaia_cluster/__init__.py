@@ -36,8 +36,9 @@ group on a ``star`` dimension with a ``source_id`` coordinate (``distance``, ``m
 The parallax zero point of Lindegren et al. (2021) is applied when the catalog has the
 columns it needs (``gaiadr3-zeropoint`` package), and a global parallax offset with prior
 sd 0.012 mas (the spatially correlated part of Gaia's systematics over a field under a
-degree; Lindegren et al. 2021, Vasiliev & Baumgardt 2021) is fitted by default, so the
-reported distance error includes the systematics.
+degree; Lindegren et al. 2021, Vasiliev & Baumgardt 2021) shifts the members' parallaxes
+by default (``offset="systematic"``): the field cannot pull it off its prior, and the
+reported distance error includes the systematics. ``offset="fit"`` shifts every star's.
 
 :func:`reference_model` is the full-latent model (one latent distance per star, the
 lognormal profile) used to prove that the marginalised model gives the same posterior.
@@ -73,7 +74,7 @@ from astroinfer.tables import truth_path
 from .data import GaiaData, _distance_peak, lindegren_zero_point, load, prior_settings, zero_point_in_range
 from .options import (
     CLUSTER_NODES, FIELD_NODES, GLOBALS, HALO_COMPONENTS, LIKELY_MEMBER, MIN_STARS, NAME, NUTS_SETTINGS,
-    OFFSET_PRIOR_SD, OPTIONS, PROFILES, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS, _halo_scales,
+    OFFSET_MODES, OFFSET_PRIOR_SD, OPTIONS, PROFILES, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS, _halo_scales,
 )
 from .report import parallax_figure, show, summarise
 from .simulation import gaia_parallax_error, simulate, simulate_catalog

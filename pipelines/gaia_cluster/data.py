@@ -19,7 +19,7 @@ from astroinfer.errors import InputError
 from astroinfer.pipeline import PipelineData
 from astroinfer.tables import READ_FORMATS, extension, find_column, float_column, read_table, shown_columns
 
-from .options import MIN_STARS, NAME, PROFILES, REQUIRED, ZERO_POINT_COLUMNS
+from .options import MIN_STARS, NAME, OFFSET_MODES, PROFILES, REQUIRED, ZERO_POINT_COLUMNS
 
 _EXPECTED = f"a Gaia table (FITS, VOTable, ECSV or CSV) with columns {', '.join(REQUIRED)}"
 
@@ -87,7 +87,7 @@ def _check_bound(path: Path, name: str, value: Any) -> float | None:
 def _check_options(path: Path, *, zero_point: str, offset: str, profile: str, parallax_min: float | None,
                    parallax_max: float | None, distance_guess: float | None, star_draws: int) -> None:
     """The options that are not numeric bounds (those :func:`_check_bound` checks)."""
-    for name, value, allowed in (("zero_point", zero_point, ("auto", "on", "off")), ("offset", offset, ("fit", "off")),
+    for name, value, allowed in (("zero_point", zero_point, ("auto", "on", "off")), ("offset", offset, OFFSET_MODES),
                                  ("profile", profile, PROFILES)):
         if value not in allowed:
             raise InputError(f"{path}: option {name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -211,7 +211,7 @@ def _cut(table, path: Path, corrected: np.ndarray, selection: _Selection, *, par
 
 def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax_max: float | None = None,
          g_max: float | None = None, ruwe_max: float | None = 1.4, zero_point: str = "auto",
-         offset: str = "fit", profile: str = "lognormal", distance_guess: float | None = None,
+         offset: str = "systematic", profile: str = "lognormal", distance_guess: float | None = None,
          keep_duplicates: bool = False, star_draws: int = 0) -> GaiaData:
     """Read and validate a Gaia table, apply the zero point and the cuts; counts at each step
     are kept in ``metadata["selection"]``. Raises :class:`~astroinfer.errors.InputError`."""
@@ -240,7 +240,8 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "parallax": w.astype(np.float32),
         "parallax_error": s.astype(np.float32),
         "profile": profile,
-        "fit_offset": offset == "fit",
+        "fit_offset": offset != "off",
+        "offset_in_field": offset == "fit",
         **prior_settings(centre),
     }
     metadata = {
@@ -258,7 +259,8 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "zero_point_median_mas": float(np.median(zp[keep])) if applied else 0.0,
         "zero_point_outside_calibration": int((keep & ~in_range).sum()) if applied else 0,
         "profile": profile,
-        "fit_offset": offset == "fit",
+        "offset": offset,
+        "fit_offset": offset != "off",
         "distance_prior_centre_pc": centre,
         "distance_prior_from": "option distance_guess" if distance_guess is not None else "parallax peak",
         "star_draws": int(star_draws),

@@ -80,14 +80,15 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     posterior = result.idata.posterior
     draws = {k: np.asarray(posterior[k]) for k in GLOBALS if k in posterior}
     if table_domain is not None:
-        inside = np.asarray(_inside_field_table(table_domain, np.log(draws["field_scale"]),
-                                                draws.get("parallax_offset", 0.0)))
+        field_offset = draws.get("parallax_offset", 0.0) if loaded.data.get("offset_in_field", True) else 0.0
+        inside = np.asarray(_inside_field_table(table_domain, np.log(draws["field_scale"]), field_offset))
         result.diagnostics["field_table_scale_range_pc"] = [float(np.exp(table_domain[0] - table_domain[1])),
                                                             float(np.exp(table_domain[0] + table_domain[1]))]
         result.diagnostics["field_table_draws_inside"] = float(inside.mean())
     num_keep = int(loaded.metadata.get("star_draws", 0))
     stars = star_conditionals(draws, loaded.data["parallax"], loaded.data["parallax_error"],
-                              profile=loaded.data["profile"], num_draws=max(200, num_keep), seed=prepared.seed)
+                              profile=loaded.data["profile"], num_draws=max(200, num_keep), seed=prepared.seed,
+                              offset_in_field=bool(loaded.data.get("offset_in_field", True)))
     result.idata.add_groups(_star_groups(loaded, stars, num_keep))
     result.diagnostics["likely_members"] = int((stars["membership"] > LIKELY_MEMBER).sum())
     result.diagnostics["expected_members"] = float(stars["membership"].sum())

@@ -102,10 +102,13 @@ class _Terms:
     ``cluster_v``/``cluster_terms`` (stars, nodes): nodes in ``v = u - cluster_shift`` (log
     parallax relative to the cluster's, see :func:`_log_prior_v`) and log terms of the
     cluster integral (for the heavy-tailed profile the components' nodes side by side, each
-    with its log weight); ``field_u``/``field_terms`` the same for the field, in u.
+    with its log weight); ``field_u``/``field_terms`` the same for the field, in u, of
+    ``field_parallax`` (default ``parallax``; the raw parallaxes where the offset applies to
+    the cluster only).
     """
 
-    def __init__(self, parallax, error, profile, distance, size, scale, cluster_nodes, field_nodes):
+    def __init__(self, parallax, error, profile, distance, size, scale, cluster_nodes, field_nodes,
+                 field_parallax=None):
         w, s = parallax, error
         base = "gaussian" if profile == "student" else profile
         if profile == "student":
@@ -139,7 +142,7 @@ class _Terms:
         self.cluster_v, self.cluster_terms = cv, ct
         if field_nodes:
             self.field_u, self.field_terms, self.field_centre, self.field_width = _field_quadrature(
-                w, s, scale, field_nodes)
+                w if field_parallax is None else field_parallax, s, scale, field_nodes)
 
 
 def _field_quadrature(w, s, scale, num_nodes: int):
@@ -162,18 +165,22 @@ def _field_quadrature(w, s, scale, num_nodes: int):
 
 
 def log_component_marginals(parallax, error, *, profile="lognormal", distance, size, scale, offset=0.0,
-                            cluster_nodes: int = CLUSTER_NODES, field_nodes: int = FIELD_NODES,
-                            field_table=None, field_table_domain=None):
+                            offset_in_field: bool = True, cluster_nodes: int = CLUSTER_NODES,
+                            field_nodes: int = FIELD_NODES, field_table=None, field_table_domain=None):
     """Per star: log of the cluster and field marginal likelihoods
-    ``log int N(w | e^u + offset, s) p_c(u) du`` and the same with the field density.
+    ``log int N(w | e^u + offset, s) p_c(u) du`` and the same with the field density (its
+    parallaxes shifted by ``offset`` too unless ``offset_in_field`` is False).
 
     With ``field_table`` (from :func:`field_table`) the field term is read from the table
     where the globals lie inside its domain, and computed by quadrature elsewhere."""
     w = parallax - offset
-    t = _Terms(w, error, profile, distance, size, scale, cluster_nodes, field_nodes if field_table is None else 0)
+    t = _Terms(w, error, profile, distance, size, scale, cluster_nodes, field_nodes if field_table is None else 0,
+               field_parallax=None if offset_in_field else parallax)
     log_c = logsumexp(t.cluster_terms, axis=-1)
     if field_table is None:
         return log_c, logsumexp(t.field_terms, axis=-1)
+    if not offset_in_field:
+        offset = 0.0
 
     # Rematerialised: without it the gradient keeps (zero-filled) intermediates of both
     # branches, which costs a quarter of the gradient when the table branch is taken.
@@ -315,5 +322,6 @@ def with_field_table(data: dict[str, Any]) -> dict[str, Any]:
     """The model's data (:func:`load`'s ``data``) with the field table added, centred by
     :func:`pilot_field_scale`."""
     centre = pilot_field_scale(**data)
+    field_sees_offset = bool(data.get("fit_offset", True)) and bool(data.get("offset_in_field", True))
     return {**data, **field_table(data["parallax"], data["parallax_error"], scale_centre=centre,
-                                  fit_offset=bool(data.get("fit_offset", True)))}
+                                  fit_offset=field_sees_offset)}

@@ -25,6 +25,11 @@ HALO_COMPONENTS = 8
 #: (E)DR3's parallax systematics on scales under a degree (Lindegren et al. 2021, sect. 5.6;
 #: Vasiliev & Baumgardt 2021: about 0.011 mas).
 OFFSET_PRIOR_SD = 0.012
+#: How the offset enters (option ``offset``): "systematic", the members' parallaxes only (the
+#: field's density is too rough a model to measure the offset from: on the raw M67 cone, "fit"
+#: let the field pull it to -0.12 mas, 10 prior sd, and the distance 10% short); "fit", every
+#: star's; "off", none.
+OFFSET_MODES = ("systematic", "fit", "off")
 CLUSTER_NODES = 4
 FIELD_NODES = 16
 MIN_STARS = 10
@@ -66,7 +71,9 @@ OPTIONS = (
     PipelineOption("ruwe_max", "keep stars with RUWE below this when the catalog has a ruwe column", 1.4, parse_positive),
     PipelineOption("zero_point", "Lindegren et al. (2021) parallax zero point: auto (when its columns are "
                    "present), on, off", "auto", parse_choice("auto", "on", "off")),
-    PipelineOption("offset", "global parallax offset, prior sd 0.012 mas: fit or off", "fit", parse_choice("fit", "off")),
+    PipelineOption("offset", "global parallax offset, prior sd 0.012 mas: systematic (shifts the members' "
+                   "parallaxes only, so the field cannot pull it off its prior and the distance error includes "
+                   "it), fit (shifts every star's), off", "systematic", parse_choice(*OFFSET_MODES)),
     PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", parse_choice(*PROFILES)),
     PipelineOption("distance_guess", "centre of the cluster-distance prior, pc [default: the peak of the "
                    "parallax distribution]", None, parse_positive),

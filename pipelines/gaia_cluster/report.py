@@ -62,7 +62,7 @@ def show(result: "Result") -> str:
     meta = result.provenance.get("input_metadata", {})
     if meta:
         lines.append(f"profile: {meta.get('profile')}; zero point: {meta.get('zero_point')}; "
-                     f"parallax offset fitted: {meta.get('fit_offset')}")
+                     f"parallax offset: {meta.get('offset', 'fit' if meta.get('fit_offset') else 'off')}")
     inside = result.diagnostics.get("field_table_draws_inside")
     if inside is not None:
         low, high = result.diagnostics["field_table_scale_range_pc"]
@@ -85,7 +85,9 @@ def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0):
     total = post.sizes["chain"] * post.sizes["draw"]
     pick = rng.choice(total, size=min(num, total), replace=False)
     g = {k: np.asarray(post[k]).reshape(-1)[pick] for k in GLOBALS if k in post}
-    profile = result.provenance.get("input_metadata", {}).get("profile", "lognormal")
+    meta = result.provenance.get("input_metadata", {})
+    profile = meta.get("profile", "lognormal")
+    members_only = meta.get("offset") == "systematic"  # the offset shifts the members' parallaxes only
     reps, members = [], []
     for j in range(pick.size):
         member = rng.uniform(size=s.size) < g["member_fraction"][j]
@@ -93,6 +95,7 @@ def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0):
         r_field = rng.gamma(3.0, g["field_scale"][j], size=s.size)
         r = np.where(member, r, r_field)
         offset = g["parallax_offset"][j] if "parallax_offset" in g else 0.0
+        offset = np.where(member, offset, 0.0) if members_only else offset
         reps.append(1000.0 / r + offset + s * rng.normal(size=s.size))
         members.append(member)
     return np.array(reps), np.array(members)

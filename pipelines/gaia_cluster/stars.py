@@ -18,9 +18,11 @@ from .marginal import _log_like_u, _log_prior_v, _Terms
 from .options import CLUSTER_NODES, FIELD_NODES, _halo_scales
 
 
-def _star_moments(w, s, profile, distance, size, fraction, scale, offset):
-    """Membership probability and E[r], E[r^2] given one global draw (quadrature)."""
-    t = _Terms(w - offset, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES)
+def _star_moments(w, s, profile, distance, size, fraction, scale, offset, field_offset=None):
+    """Membership probability and E[r], E[r^2] given one global draw (quadrature); the field
+    sees parallaxes shifted by ``field_offset`` (default ``offset``)."""
+    t = _Terms(w - offset, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES,
+               field_parallax=None if field_offset is None else w - field_offset)
     a = jnp.log(fraction) + logsumexp(t.cluster_terms, axis=-1)
     b = jnp.log1p(-fraction) + logsumexp(t.field_terms, axis=-1)
     member = jnp.exp(a - jnp.logaddexp(a, b))
@@ -35,10 +37,14 @@ def _star_moments(w, s, profile, distance, size, fraction, scale, offset):
     return member, member * m1c + (1 - member) * m1f, member * m2c + (1 - member) * m2f
 
 
-def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, grid_points: int = 256):
-    """One joint draw (membership indicator, distance) per star from its conditional."""
+def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, field_offset=None,
+               grid_points: int = 256):
+    """One joint draw (membership indicator, distance) per star from its conditional; the
+    field sees parallaxes shifted by ``field_offset`` (default ``offset``)."""
     wc = w - offset
-    t = _Terms(wc, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES)
+    wf = wc if field_offset is None else w - field_offset
+    t = _Terms(wc, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES,
+               field_parallax=None if field_offset is None else wf)
     k1, k2, k3 = jax.random.split(key, 3)
     log_c = logsumexp(t.cluster_terms, axis=-1)
     a = jnp.log(fraction) + log_c
@@ -63,7 +69,7 @@ def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, grid
     shift = jnp.where(is_member, t.cluster_shift, 0.0)[:, None]
     prior_c = _log_prior_v(x, base, distance, size_c[:, None] if profile == "student" else size_c)[0]
     logp = (jnp.where(is_member[:, None], prior_c, t.field_prior(x)[0])
-            + _log_like_u(x, wc[:, None], s[:, None], shift)[0])
+            + _log_like_u(x, jnp.where(is_member, wc, wf)[:, None], s[:, None], shift)[0])
     dens = jnp.exp(logp - logp.max(axis=1, keepdims=True))
     cells = 0.5 * (dens[:, 1:] + dens[:, :-1])
     cdf = jnp.concatenate([jnp.zeros((w.shape[0], 1)), jnp.cumsum(cells, axis=1)], axis=1)
@@ -78,7 +84,7 @@ def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, grid
 
 
 def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *, profile="lognormal",
-                      num_draws: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+                      num_draws: int = 200, seed: int = 0, offset_in_field: bool = True) -> dict[str, np.ndarray]:
     """Per-star posterior summaries from the global draws (flattened over chain and draw).
 
     ``membership`` and the distance mean/sd are Rao-Blackwellised: averages over every
@@ -93,7 +99,8 @@ def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *,
             for k in ("cluster_distance", "cluster_size", "member_fraction", "field_scale")}
     flat["parallax_offset"] = (jnp.asarray(np.asarray(draws["parallax_offset"]).reshape(-1), dtype=jnp.float32)
                                if "parallax_offset" in draws else jnp.zeros(total, jnp.float32))
-    order = ("cluster_distance", "cluster_size", "member_fraction", "field_scale", "parallax_offset")
+    flat["field_offset"] = flat["parallax_offset"] if offset_in_field else jnp.zeros(total, jnp.float32)
+    order = ("cluster_distance", "cluster_size", "member_fraction", "field_scale", "parallax_offset", "field_offset")
 
     @jax.jit
     def accumulate(params):
