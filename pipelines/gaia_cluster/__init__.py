@@ -74,7 +74,8 @@ from astroinfer.tables import truth_path
 from .data import GaiaData, _distance_peak, lindegren_zero_point, load, prior_settings, zero_point_in_range
 from .options import (
     CLUSTER_NODES, FIELD_NODES, GLOBALS, HALO_COMPONENTS, LIKELY_MEMBER, MIN_STARS, NAME, NUTS_SETTINGS,
-    OFFSET_MODES, OFFSET_PRIOR_SD, OPTIONS, PROFILES, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS, _halo_scales,
+    OFFSET_MODES, OFFSET_PRIOR_SD, OPTIONS, PROFILES, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS,
+    _halo_scales,
 )
 from .report import parallax_figure, show, summarise
 from .simulation import gaia_parallax_error, simulate, simulate_catalog
