@@ -286,6 +286,14 @@ def test_model_with_field_table_keeps_its_density_and_gradient():
         np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-5, atol=1e-5)
 
 
+def _log_prior(data, params):
+    """The globals' log prior (scipy), for the model's density tests."""
+    return (stats.lognorm.logpdf(params["cluster_distance"], data["distance_width"], scale=data["distance_centre"])
+            + stats.lognorm.logpdf(params["cluster_size"], 1.0, scale=10.0)
+            + stats.lognorm.logpdf(params["field_scale"], 1.0, scale=1000.0)
+            + stats.norm.logpdf(params["parallax_offset"], 0, gc.OFFSET_PRIOR_SD))
+
+
 def test_model_density_is_prior_plus_quadrature_likelihood():
     from numpyro.infer.util import log_density
 
@@ -296,10 +304,7 @@ def test_model_density_is_prior_plus_quadrature_likelihood():
     w, s = data["parallax"].astype(float), data["parallax_error"].astype(float)
     bc, bf, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, 0.005)
     like = np.sum(np.logaddexp(np.log(0.35) + bc, np.log(0.65) + bf))
-    prior = (stats.lognorm.logpdf(840.0, data["distance_width"], scale=data["distance_centre"])
-             + stats.lognorm.logpdf(12.0, 1.0, scale=10.0) + stats.lognorm.logpdf(520.0, 1.0, scale=1000.0)
-             + stats.norm.logpdf(0.005, 0, gc.OFFSET_PRIOR_SD))
-    assert float(logp) == pytest.approx(prior + like, abs=0.05)
+    assert float(logp) == pytest.approx(_log_prior(data, params) + like, abs=0.05)
 
 
 def test_systematic_offset_shifts_the_members_parallaxes_only():
@@ -316,17 +321,13 @@ def test_systematic_offset_shifts_the_members_parallaxes_only():
     params = {"cluster_distance": 840.0, "cluster_size": 12.0, "member_fraction": 0.35, "field_scale": 520.0,
               "parallax_offset": offset}
     w, s = data["parallax"].astype(float), data["parallax_error"].astype(float)
-    bc, _, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, offset)
+    bc, bf_shifted, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, offset)
     _, bf, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, 0.0)
     like = np.sum(np.logaddexp(np.log(0.35) + bc, np.log(0.65) + bf))
-    _, bf_shifted, _ = _brute_marginals(w, s, "lognormal", 840.0, 12.0, 520.0, offset)
     assert abs(np.sum(np.logaddexp(np.log(0.35) + bc, np.log(0.65) + bf_shifted)) - like) > 0.5
-    prior = (stats.lognorm.logpdf(840.0, data["distance_width"], scale=data["distance_centre"])
-             + stats.lognorm.logpdf(12.0, 1.0, scale=10.0) + stats.lognorm.logpdf(520.0, 1.0, scale=1000.0)
-             + stats.norm.logpdf(offset, 0, gc.OFFSET_PRIOR_SD))
     for d in (data, tabled):
         logp, _ = log_density(gc.model, (), dict(d), params)
-        assert float(logp) == pytest.approx(prior + like, abs=0.05)
+        assert float(logp) == pytest.approx(_log_prior(data, params) + like, abs=0.05)
 
     # Per star: membership from the members-shifted cluster term and the unshifted field term.
     w12, s12 = _hard_stars(12, seed=8)

@@ -43,8 +43,7 @@ def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, fiel
     field sees parallaxes shifted by ``field_offset`` (default ``offset``)."""
     wc = w - offset
     wf = wc if field_offset is None else w - field_offset
-    t = _Terms(wc, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES,
-               field_parallax=None if field_offset is None else wf)
+    t = _Terms(wc, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES, field_parallax=wf)
     k1, k2, k3 = jax.random.split(key, 3)
     log_c = logsumexp(t.cluster_terms, axis=-1)
     a = jnp.log(fraction) + log_c
