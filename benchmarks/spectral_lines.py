@@ -339,21 +339,33 @@ def bench_start(sizes: list[int], seeds: int, lines: int) -> None:
               f"gp_continuum_start median {np.median(seconds):.1f} s (first, with compilation, {seconds[0]:.1f} s)")
 
 
+MIXED_SHAPES = ("poly", "curved", "wavy", "gp")
+
+
 def _calibrate_one(k: int, i: int, seed: int, num_pixels: int, max_lines: int, continuum: str,
                    folder: str) -> dict:
     """Simulate spectrum i with k lines, fit it with --lines auto; the choice, the evidences and
-    whether each line's 90% intervals (centre, flux) hold the truth when the right K is chosen."""
+    whether each line's 90% intervals (centre, flux) hold the truth when the right K is chosen.
+
+    ``continuum`` poly or gp: simulated and fitted with that continuum, the chosen K's draws from
+    nested sampling. ``mixed``: the shape cycles through poly, curved, wavy and gp with the
+    spectrum, and the fit uses the pipeline's defaults (``--continuum auto``, NUTS)."""
     import astroinfer
     from astroinfer.pipelines.spectral_lines import simulate
 
     path = Path(folder) / f"k{k}_{i}.ecsv"
-    record = simulate(path, seed=seed + 1000 * k + i, lines=k, num_pixels=num_pixels, continuum=continuum)
+    shape = MIXED_SHAPES[i % len(MIXED_SHAPES)] if continuum == "mixed" else continuum
+    record = simulate(path, seed=seed + 1000 * k + i, lines=k, num_pixels=num_pixels, continuum=shape)
+    options = {"lines": "auto", "max_lines": max_lines}
+    run_options = {}
+    if continuum != "mixed":
+        options["continuum"] = continuum
+        run_options["method"] = "nested"
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = astroinfer.run_pipeline(
-            "spectral-lines", path, method="nested", seed=seed + i, num_samples=1000,
-            load_options={"lines": "auto", "max_lines": max_lines, "continuum": continuum})
+        res = astroinfer.run_pipeline("spectral-lines", path, seed=seed + i, num_samples=1000,
+                                      load_options=options, **run_options)
     comp = res.idata.model_comparison
     chosen = int(comp.attrs["chosen_num_lines"])
     covered = {"center": [], "flux": []}
@@ -364,8 +376,9 @@ def _calibrate_one(k: int, i: int, seed: int, num_pixels: int, max_lines: int, c
             lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
             truth = np.array([line[key] for line in record["truth"]["lines"]])
             covered[key] = ((lo <= truth) & (truth <= hi)).tolist()
+    degree = int(res.idata.continuum_comparison.attrs["chosen_degree"]) if continuum == "mixed" else None
     return {"k": k, "i": i, "chosen": chosen, "log_z": comp["log_evidence_by_k"].values.tolist(),
-            "covered": covered, "seconds": time.perf_counter() - started}
+            "covered": covered, "seconds": time.perf_counter() - started, "shape": shape, "degree": degree}
 
 
 def calibration(per_k: int, max_lines: int, num_pixels: int, seed: int, continuum: str = "poly",
@@ -380,6 +393,7 @@ def calibration(per_k: int, max_lines: int, num_pixels: int, seed: int, continuu
 
     picked = {k: {} for k in range(max_lines + 1)}
     covered = {"center": {}, "flux": {}}
+    shapes: dict[str, list[bool]] = {}
     started = time.perf_counter()
     jobs = [(k, i) for i in range(per_k) for k in range(max_lines + 1)]
     with tempfile.TemporaryDirectory() as folder:
@@ -390,9 +404,12 @@ def calibration(per_k: int, max_lines: int, num_pixels: int, seed: int, continuu
                 one = future.result()
                 k, i = one["k"], one["i"]
                 picked[k][i] = one["chosen"]
+                shapes.setdefault(one["shape"], []).append(one["chosen"] == k)
                 for key in covered:
                     covered[key][(k, i)] = one["covered"][key]
-                print(f"  K = {k}, spectrum {i}: chose {one['chosen']}; log Z by K "
+                print(f"  K = {k}, spectrum {i} ({one['shape']} continuum"
+                      + (f", degree {one['degree']} chosen" if one["degree"] is not None else "")
+                      + f"): chose {one['chosen']}; log Z by K "
                       f"{np.round(one['log_z'], 2).tolist()} ({one['seconds']:.0f} s; "
                       f"{time.perf_counter() - started:.0f} s so far)", flush=True)
     hits = {key: [h for (k, i) in sorted(v) for h in v[(k, i)]] for key, v in covered.items()}
@@ -404,11 +421,13 @@ def calibration(per_k: int, max_lines: int, num_pixels: int, seed: int, continuu
         "coverage_center_90": float(np.mean(hits["center"])) if hits["center"] else float("nan"),
         "coverage_flux_90": float(np.mean(hits["flux"])) if hits["flux"] else float("nan"),
         "num_intervals": len(hits["center"]),
+        "true_k_by_shape": {name: float(np.mean(v)) for name, v in sorted(shapes.items())},
     }
     print(f"calibration: {per_k} spectra per K in 0..{max_lines}, {num_pixels} pixels, {continuum} continuum, "
           f"{workers} worker(s): true K chosen in {summary['fraction_true_k']:.0%} ({summary['true_k_by_k']}); "
           f"90% interval coverage centres {summary['coverage_center_90']:.0%}, fluxes "
-          f"{summary['coverage_flux_90']:.0%} over {summary['num_intervals']} lines; "
+          f"{summary['coverage_flux_90']:.0%} over {summary['num_intervals']} lines; true K by continuum shape "
+          f"{summary['true_k_by_shape']}; "
           f"{time.perf_counter() - started:.0f} s")
     return summary
 
@@ -420,7 +439,9 @@ def main() -> None:
     parser.add_argument("--per-k", type=int, default=20, help="calibration: spectra per number of lines")
     parser.add_argument("--max-lines", type=int, default=3)
     parser.add_argument("--pixels", type=int, default=150, help="calibration: pixels per spectrum")
-    parser.add_argument("--continuum", default="poly", choices=("poly", "gp"), help="calibration continuum")
+    parser.add_argument("--continuum", default="poly", choices=("poly", "gp", "mixed"),
+                        help="calibration continuum: poly or gp (simulated and fitted), or mixed (poly, curved, "
+                             "wavy and gp shapes, fitted with the defaults)")
     parser.add_argument("--workers", type=int, default=1, help="calibration: spectra fitted in this many processes")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=1000)

@@ -35,8 +35,8 @@ from astroinfer.pipeline import PipelineData, parse_positive
 from astroinfer.tables import check_readable, find_column, first_line, read_table, shown_columns
 
 from .options import (
-    CONTINUA, GP_HYPERPARAMETER_MODES, GP_WIDTH_MAX_U, KERNELS, LOG_BAYES_FACTOR_FOR_A_LINE, PROFILES, SIGNS,
-    WIDTH_MAX_U, count_parameters, parse_columns, parse_interval, parse_intervals, parse_lines,
+    CONTINUA, GP_HYPERPARAMETER_MODES, GP_WIDTH_MAX_U, KERNELS, LOG_BAYES_FACTOR_FOR_A_LINE, MAX_DEGREE, PROFILES,
+    SIGNS, WIDTH_MAX_U, auto_max_degree, count_parameters, parse_columns, parse_interval, parse_intervals, parse_lines,
 )
 
 AXIS_NAMES = {
@@ -280,7 +280,8 @@ def _from_table(path: Path, table, columns, hdu) -> RawSpectrum:
 # -- load and validate ---------------------------------------------------------------
 def load(path: str | os.PathLike, *, lines: int | str = "auto", max_lines: int = 3,
          min_log_bayes_factor: float = LOG_BAYES_FACTOR_FOR_A_LINE, profile: str = "gaussian",
-         continuum: str = "poly", degree: int = 1, kernel: str = "matern32", jitter: bool = False,
+         continuum: str = "auto", degree: int = 1, max_degree: int = MAX_DEGREE, kernel: str = "matern32",
+         jitter: bool = False,
          gp_hyperparameters: str = "sample", sign: str = "emission", window: tuple[float, float] | str | None = None,
          mask: Any = None, columns: tuple[str, ...] | str | None = None,
          rest: float | None = None) -> PipelineData:
@@ -290,8 +291,8 @@ def load(path: str | os.PathLike, *, lines: int | str = "auto", max_lines: int =
     a decreasing spectral axis is reversed, an unsorted one sorted, repeated values refused.
     """
     path = Path(path)
-    lines, window, mask, columns, rest = _parsed_options(path, lines, max_lines, degree, min_log_bayes_factor,
-                                                         window, mask, columns, rest)
+    lines, window, mask, columns, rest = _parsed_options(path, lines, max_lines, degree, max_degree,
+                                                         min_log_bayes_factor, window, mask, columns, rest)
     for name, value, allowed in (("profile", profile, PROFILES), ("continuum", continuum, CONTINUA),
                                  ("kernel", kernel, KERNELS),
                                  ("gp_hyperparameters", gp_hyperparameters, GP_HYPERPARAMETER_MODES),
@@ -304,6 +305,8 @@ def load(path: str | os.PathLike, *, lines: int | str = "auto", max_lines: int =
     _check_errors(path, raw, flags, excluded)
     used = _used_pixels(raw, flags.good & ~excluded)
     kmax = max_lines if lines == "auto" else int(lines)
+    if continuum == "auto":  # the model's degree is the largest one tried; the fit's is chosen
+        degree = auto_max_degree(max_degree, used.x.size)
     _check_enough_pixels(path, used.x, count_parameters(kmax, profile, continuum, degree, raw.error is not None,
                                                         jitter), kmax)
     scaled = _standardised(used, continuum)
@@ -332,14 +335,15 @@ def load(path: str | os.PathLike, *, lines: int | str = "auto", max_lines: int =
     return PipelineData(data=data, metadata=_metadata_for_provenance(metadata))
 
 
-def _parsed_options(path: Path, lines, max_lines, degree, min_log_bayes_factor, window, mask, columns, rest):
+def _parsed_options(path: Path, lines, max_lines, degree, max_degree, min_log_bayes_factor, window, mask, columns,
+                    rest):
     """(lines, window, mask, columns, rest) checked, and parsed where given as text."""
     try:
         if isinstance(lines, str):
             lines = parse_lines(lines)
         elif isinstance(lines, bool) or not isinstance(lines, (int, np.integer)) or lines < 0:
             raise ValueError(f"expected a number of lines >= 0 or 'auto', got {lines!r}")
-        for name, value in (("max_lines", max_lines), ("degree", degree)):
+        for name, value in (("max_lines", max_lines), ("degree", degree), ("max_degree", max_degree)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"option {name}: expected a non-negative integer, got {value!r}")
         if isinstance(min_log_bayes_factor, bool) or not (np.isfinite(min_log_bayes_factor)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .legendre import legendre_design
 from .numpyro_model import _gaussian_process, _lines_flux, _poly, _profiles, fixed_gp_sites, white_noise_variance
 from .options import GAUSS_FWHM, SPEED_OF_LIGHT_KMS
 
@@ -126,9 +127,7 @@ def derived_quantities(posterior, settings: dict, meta: dict, arrays: dict) -> d
     continuum = settings["continuum"]
     if continuum == "poly":
         coef = _draws(posterior, "continuum_coef")
-        level_u = np.zeros_like(center_u)
-        for power in range(coef.shape[-1]):
-            level_u += coef[..., power:power + 1] * center_u ** power
+        level_u = np.einsum("...kj,...j->...k", legendre_design(center_u, coef.shape[-1] - 1), coef)
         out["line_eqw"] = out["line_flux"] / (f0 + fs * level_u)
     elif continuum == "gp":
         x_u = (arrays["x_values"] - x_mid) / x_half
@@ -189,7 +188,7 @@ def model_curves(result: "Result", num_draws: int = 40, seed: int = 0):
                                   chunk=8)
     elif settings["continuum"] == "poly":
         coef = params["continuum_coef"]
-        cont_u = np.stack([np.polyval(c[::-1], x_u) for c in coef]) if pick.size else np.zeros((0, x.size))
+        cont_u = coef @ legendre_design(x_u, coef.shape[-1] - 1).T if pick.size else np.zeros((0, x.size))
     else:
         cont_u = np.zeros((pick.size, x.size))
     continuum = f0 + fs * cont_u

@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from scipy.linalg import cho_factor, solve_triangular
 
+from .legendre import legendre_design
 from .numpyro_model import _gp_kernel, amplitude_bounds, line_centres_np, model, split_data, white_noise_variance
 from .starts import _line_values, _profile_np, group_means, initial_values, pixel_group
 
@@ -165,7 +166,7 @@ def searched_lines(data: dict, values: dict[str, np.ndarray], lines: tuple[list,
     else:
         grid = list(zip(*lines))
     candidates = np.column_stack([_profile_np(x, c, w, 0.5, profile) for c, w in grid])
-    polynomial = np.vander(x, data["degree"] + 1, increasing=True)
+    polynomial = legendre_design(x, data["degree"])
     y, fixed, candidates = whiten(_gp_covariance(data, values), np.asarray(data["flux"], dtype=np.float64),
                                   polynomial, candidates)
     if lines is None:

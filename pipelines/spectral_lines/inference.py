@@ -16,7 +16,7 @@ from numpyro import handlers
 
 from .data import _messages
 from .derived import _fixed_values, _units, derived_quantities
-from .evidence import choose_by_evidence
+from .evidence import choose_by_evidence, choose_continuum
 from .gp_start import gp_continuum_start
 from .numpyro_model import fixed_gp_sites, line_centres_np, model
 from .options import LOG_BAYES_FACTOR_FOR_A_LINE
@@ -33,21 +33,28 @@ def sample(prepared: "PreparedRun", progress: bool) -> "Result":
     :func:`finalise`; the run layer then records and saves it."""
     loaded = prepared.loaded
     meta = loaded.metadata
-    comparison = None
+    auto_continuum = loaded.data["continuum"] == "auto"
+    choice = None
     if meta["lines"] == "auto":
         choice = choose_by_evidence(prepared, progress)
-        comparison = choice.comparison
-        settings = {**loaded.data, "num_lines": choice.num_lines}
-        # K is chosen by evidence; the posterior of the chosen K comes from the method asked
-        # for (nested sampling's own draws when that is the method).
-        if prepared.method == "nested":
-            result = choice.result
-        else:
-            result = _fit_fixed_k(prepared, settings, progress)
-    else:
+    elif auto_continuum:
+        choice = choose_continuum(prepared, progress)
+    if choice is None:
         settings = dict(loaded.data)
+    else:
+        settings = {**loaded.data, "num_lines": choice.num_lines, **choice.continuum}
+    # K (and the degree) chosen by evidence; the posterior of the chosen model comes from the
+    # method asked for: nested sampling's own draws when that is the method and the model
+    # sampled was the one reported (with --continuum auto it had no coefficients to report).
+    if choice is not None and meta["lines"] == "auto" and prepared.method == "nested" and not auto_continuum:
+        result = choice.result
+    else:
         result = _fit_fixed_k(prepared, settings, progress)
-    finalise(result, settings, meta, getattr(meta, "arrays", {}), comparison)
+    continuum_choice = None
+    if choice is not None and choice.degree_probability is not None:
+        continuum_choice = {"degree_probability": choice.degree_probability, "chosen": settings["degree"]}
+    comparison = choice.comparison if choice is not None and meta["lines"] == "auto" else None
+    finalise(result, settings, meta, getattr(meta, "arrays", {}), comparison, continuum_choice)
     return result
 
 
@@ -93,8 +100,10 @@ def _started_at(values: dict[str, np.ndarray]):
     return started
 
 
-def finalise(result: "Result", settings: dict, meta: dict, arrays: dict, comparison: dict | None = None) -> "Result":
-    """Add the physical per-line variables (``line`` dimension, units), the data and the K choice."""
+def finalise(result: "Result", settings: dict, meta: dict, arrays: dict, comparison: dict | None = None,
+             continuum_choice: dict | None = None) -> "Result":
+    """Add the physical per-line variables (``line`` dimension, units), the data, the K choice
+    and (``--continuum auto``) the degree choice."""
     result.idata.posterior = _posterior_with_lines(result.idata.posterior, settings, meta, arrays)
     groups = {"constant_data": _constant_data(result, settings, meta, arrays)}
     if "observed_data" in result.idata.groups():  # the data in physical units, not standardised
@@ -102,6 +111,8 @@ def finalise(result: "Result", settings: dict, meta: dict, arrays: dict, compari
                                                 attrs={"units": meta.get("flux_unit") or ""})
     if comparison is not None:
         groups["model_comparison"] = _model_comparison(result, comparison, meta)
+    if continuum_choice is not None:
+        groups["continuum_comparison"] = _continuum_comparison(result, continuum_choice)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result.idata.add_groups(groups)
@@ -177,3 +188,16 @@ def _model_comparison(result: "Result", comparison: dict, meta: dict) -> xr.Data
                                                zip(comparison["k"], comparison["log_evidence"])}
     result.diagnostics["chosen_num_lines"] = int(comparison["chosen"])
     return dataset
+
+
+def _continuum_comparison(result: "Result", choice: dict) -> xr.Dataset:
+    """``--continuum auto``: the posterior probability of every polynomial degree (for the
+    chosen K) and the degree fitted; the degree also goes into ``result.diagnostics``."""
+    probability = np.asarray(choice["degree_probability"], dtype=np.float64)
+    result.diagnostics["continuum_degree"] = int(choice["chosen"])
+    return xr.Dataset({"degree_probability": ("degree", probability)},
+                      coords={"degree": np.arange(probability.size)},
+                      attrs={"chosen_degree": int(choice["chosen"]), "max_degree": int(probability.size - 1),
+                             "basis": "Legendre polynomials of the standardised axis",
+                             "selection_rule": "the most probable degree under a uniform prior on 0..max_degree, "
+                                               "the coefficients integrated out"})

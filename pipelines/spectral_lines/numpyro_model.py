@@ -19,7 +19,8 @@ Model (standardised units, K lines)::
     log_width_u ~ Uniform(log w_min, log w_max)    Gaussian sigma, Lorentzian HWHM or
                                                    pseudo-Voigt FWHM
     voigt_eta   ~ Uniform(0, 1)                    pseudo-Voigt only: Lorentzian fraction
-    continuum_coef ~ Normal(0, 3) each             polynomial of degree d in x_u
+    continuum_coef ~ Normal(0, 3) each             polynomial of degree d in x_u: Legendre series
+                                                   sum_j a_j P_j(x_u) (:mod:`.legendre`)
     GP (continuum="gp"): log_gp_amp ~ U(log 0.01, log 10), log_gp_scale ~ U(log 0.2, log 10),
         tinygp quasiseparable Matern-3/2 (or SHO) kernel: O(N) likelihood; with
         gp_hyperparameters="fixed" the GP sites and the fitted noise term are held at their MAP
@@ -53,6 +54,7 @@ from tinygp import GaussianProcess, kernels
 
 from astroinfer.kalman import matern32_log_likelihood
 
+from .legendre import legendre_series
 from .options import COEF_SD, GP_SCALE_MAX_U, GP_SCALE_MIN_U, LOG_GP_AMP_BOUNDS, LOG_NOISE_BOUNDS, WIDTH_MAX_U
 
 # Model keywords that select the model's structure (static for JAX); every other keyword
@@ -103,7 +105,8 @@ def _lines_flux(x, center, width, eta, amplitude, profile: str):
 
 
 def _poly(x, coef):
-    return jnp.polyval(coef[::-1], x) if coef.shape[0] else jnp.zeros_like(x)
+    """The polynomial continuum: Legendre series in ``x`` (:mod:`.legendre`)."""
+    return legendre_series(x, coef)
 
 
 def _gaussian_process(kernel: str, log_amp, log_scale, x, variance, **options):
@@ -323,6 +326,26 @@ def white_noise_variance(xp, sigma, log_noise=None, log_jitter=None):
     return variance if log_jitter is None else variance + xp.exp(2.0 * log_jitter)
 
 
+def line_sites(num_lines: int, profile: str, sign: str, amp_max, width_min, width_max):
+    """The K lines' sample sites (``center_q``, ``amplitude_u``, ``log_width_u``, and
+    ``voigt_eta`` for the pseudo-Voigt): (q, amplitude, log_width, eta), all None for K = 0."""
+    if num_lines == 0:
+        return None, None, None, None
+
+    def log(v):  # a number stays a number (no eager op); prior bounds are traced in nested runs
+        return math.log(v) if isinstance(v, (int, float)) else jnp.log(v)
+
+    q = numpyro.sample("center_q", dist.Uniform(0.0, 1.0).expand([num_lines]).to_event(1))
+    low, high = amplitude_bounds(sign, amp_max)
+    amplitude = numpyro.sample("amplitude_u", dist.Uniform(low, high).expand([num_lines]).to_event(1))
+    log_width = numpyro.sample(
+        "log_width_u", dist.Uniform(log(width_min), log(width_max)).expand([num_lines]).to_event(1))
+    eta = None
+    if profile == "voigt":
+        eta = numpyro.sample("voigt_eta", dist.Uniform(0.0, 1.0).expand([num_lines]).to_event(1))
+    return q, amplitude, log_width, eta
+
+
 def model(x, flux, sigma=None, *, num_lines: int = 1, profile: str = "gaussian", continuum: str = "poly",
           degree: int = 1, kernel: str = "matern32", jitter: bool = False, sign: str = "emission",
           amp_max: float = 10.0, width_min: float = 1e-3, width_max: float = WIDTH_MAX_U, gp_fixed=None,
@@ -342,20 +365,13 @@ def model(x, flux, sigma=None, *, num_lines: int = 1, profile: str = "gaussian",
     :mod:`astroinfer.kalman`: the same density, 4.6x cheaper for 20 particles at 150 pixels.
     """
 
-    def log(v):  # a number stays a number (no eager op); prior bounds are traced in nested runs
-        return math.log(v) if isinstance(v, (int, float)) else jnp.log(v)
-
+    if continuum == "auto":
+        raise ValueError("continuum 'auto' is a choice of degree made before the fit (.auto_continuum); "
+                         "this model takes poly, gp or none")
     x = jnp.asarray(x)
     flux = jnp.asarray(flux)
-    q = log_width = amplitude = eta = coef = None
-    if num_lines > 0:
-        q = numpyro.sample("center_q", dist.Uniform(0.0, 1.0).expand([num_lines]).to_event(1))
-        low, high = amplitude_bounds(sign, amp_max)
-        amplitude = numpyro.sample("amplitude_u", dist.Uniform(low, high).expand([num_lines]).to_event(1))
-        log_width = numpyro.sample(
-            "log_width_u", dist.Uniform(log(width_min), log(width_max)).expand([num_lines]).to_event(1))
-        if profile == "voigt":
-            eta = numpyro.sample("voigt_eta", dist.Uniform(0.0, 1.0).expand([num_lines]).to_event(1))
+    q, amplitude, log_width, eta = line_sites(num_lines, profile, sign, amp_max, width_min, width_max)
+    coef = None
     if continuum != "none":
         coef = numpyro.sample("continuum_coef", dist.Normal(0.0, COEF_SD).expand([degree + 1]).to_event(1))
     fixed = None

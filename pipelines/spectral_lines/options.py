@@ -12,7 +12,7 @@ from astroinfer.pipeline import PipelineOption, parse_choice, parse_count, parse
 
 NAME = "spectral-lines"
 PROFILES = ("gaussian", "lorentzian", "voigt")
-CONTINUA = ("poly", "gp", "none")
+CONTINUA = ("auto", "poly", "gp", "none")
 KERNELS = ("matern32", "sho")
 GP_HYPERPARAMETER_MODES = ("sample", "fixed")
 SIGNS = ("emission", "absorption", "both")
@@ -29,6 +29,11 @@ GP_WIDTH_MAX_U = GP_SCALE_MIN_U / 3.0
 LOG_NOISE_BOUNDS = (math.log(1e-3), math.log(10.0))
 LOG_GP_AMP_BOUNDS = (math.log(1e-2), math.log(10.0))
 COEF_SD = 3.0
+# --continuum auto: degrees 0..MAX_DEGREE (Legendre), at most one per PIXELS_PER_DEGREE pixels.
+# Two periods of a sinusoid across the window need about degree 14 to leave residuals below
+# the noise of 3000 pixels; the evidence chooses the degree, so the cap only bounds the cost.
+MAX_DEGREE = 20
+PIXELS_PER_DEGREE = 10
 # A spurious extra line costs only ~1-3 nats of Occam penalty (poly calibration: the true K
 # beat K + 1 by -0.8 to 3.8), while real lines with SNR >= 10 win by 14 nats and more; the
 # greatest log Z alone picked K + 1 for a continuum wiggle on a GP continuum (ln B 1.8).
@@ -81,9 +86,12 @@ OPTIONS = (
                    LOG_BAYES_FACTOR_FOR_A_LINE, parse_non_negative),
     PipelineOption("profile", "line profile: gaussian, lorentzian or voigt (pseudo-Voigt)", "gaussian",
                    parse_choice(*PROFILES)),
-    PipelineOption("continuum", "continuum: poly (polynomial), gp (polynomial mean + quasiseparable GP) "
-                   "or none", "poly", parse_choice(*CONTINUA)),
-    PipelineOption("degree", "polynomial degree of the continuum (the GP's mean for gp)", 1, parse_count()),
+    PipelineOption("continuum", "continuum: auto (polynomial, its degree chosen by evidence), poly (polynomial of "
+                   "--degree), gp (polynomial mean + quasiseparable GP) or none", "auto", parse_choice(*CONTINUA)),
+    PipelineOption("degree", "polynomial degree of the continuum for poly (the GP's mean for gp)", 1,
+                   parse_count()),
+    PipelineOption("max_degree", "continuum auto: the largest degree tried (at most one per "
+                   f"{PIXELS_PER_DEGREE} pixels)", MAX_DEGREE, parse_count()),
     PipelineOption("kernel", "GP kernel for continuum gp: matern32 or sho", "matern32", parse_choice(*KERNELS)),
     PipelineOption("gp_hyperparameters", "continuum gp: sample the GP amplitude, scale and noise term with the "
                    "lines (sample), or hold them at their MAP values (fixed: empirical Bayes, gradients ~20x "
@@ -103,9 +111,17 @@ SIMULATE_OPTIONS = (
     PipelineOption("num_pixels", "number of pixels", 300, parse_count()),
     PipelineOption("snr", "signal-to-noise ratio of each line's flux (default: drawn in [10, 30])", None,
                    parse_positive),
-    PipelineOption("continuum", "continuum shape: poly (level and slope) or gp (plus a Matern-3/2 GP draw)",
-                   "poly", parse_choice("gp", "poly")),
+    PipelineOption("continuum", "continuum shape: poly (level and slope), gp (plus a Matern-3/2 GP draw), "
+                   "curved (plus a cubic) or wavy (plus two sinusoids)", "poly",
+                   parse_choice("poly", "gp", "curved", "wavy")),
 )
+
+
+def auto_max_degree(max_degree: int, num_pixels: int) -> int:
+    """The largest degree ``--continuum auto`` tries: ``max_degree``, at most one per
+    :data:`PIXELS_PER_DEGREE` pixels (a short spectrum cannot tell high degrees apart), and
+    at least 1 unless ``max_degree`` is 0 (a sloped continuum is always among the choices)."""
+    return min(int(max_degree), max(1, num_pixels // PIXELS_PER_DEGREE))
 
 
 def count_parameters(num_lines: int, profile: str, continuum: str, degree: int, has_error: bool,

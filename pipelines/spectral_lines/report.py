@@ -53,12 +53,20 @@ def _evidence_text(result: "Result") -> str:
     return "\n".join(lines)
 
 
+def _continuum_text(result: "Result") -> str:
+    if "continuum_comparison" not in result.idata.groups():
+        return ""
+    comp = result.idata.continuum_comparison
+    probability = comp["degree_probability"].values
+    likely = ", ".join(f"{d}: {p:.2f}" for d, p in enumerate(probability) if p >= 0.01)
+    return (f"continuum degree chosen by evidence (Legendre, 0..{int(comp.attrs['max_degree'])}): "
+            f"{int(comp.attrs['chosen_degree'])}; posterior probability by degree {likely}")
+
+
 def show(result: "Result") -> str:
-    """Per-line table (and the evidence of every K for --lines auto)."""
-    parts = []
-    evidence = _evidence_text(result)
-    if evidence:
-        parts.append(evidence)
+    """Per-line table (and the evidence of every K for --lines auto, the continuum's degree
+    for --continuum auto)."""
+    parts = [text for text in (_evidence_text(result), _continuum_text(result)) if text]
     if "line" in result.idata.posterior.dims:
         table = line_table(result)
         with_fmt = table.to_string(index=False, float_format=lambda v: f"{v:.6g}")
@@ -76,6 +84,9 @@ def summarise(result: "Result", data: PipelineData) -> dict[str, Any]:
     evidence = _evidence_text(result)
     if evidence:
         out["evidence"] = evidence
+    continuum = _continuum_text(result)
+    if continuum:
+        out["continuum"] = continuum
     if not out:
         out["lines"] = "no lines in the model (K = 0)"
     return out

@@ -67,6 +67,6 @@ def residual_check(result: "Result") -> tuple[dict[str, Any], list[str]]:
             f"the residuals show structure far above the noise: means of {record['bin_pixels']}-pixel bins give "
             f"chi2 {record['chi2']:.0f} for {record['num_bins']} bins (p = {record['p_value']:.1e}, the largest "
             f"{record['max_abs_bin']:.1f} sd); the continuum or the lines are misspecified (a curved continuum: "
-            "--continuum gp or a higher --degree; a missing line: more --lines)"
+            "--continuum auto or gp, or a higher --degree; a missing line: more --lines)"
         )
     return record, messages

@@ -20,6 +20,9 @@ from astroinfer.tables import check_simulate_target, write_simulated
 from .options import GAUSS_FWHM, NAME
 
 
+# Continuum shapes of simulated spectra: poly (level and slope), gp (plus a Matern-3/2 draw),
+# curved (plus a cubic) and wavy (plus two sinusoids, periods 50-80 and 100-200 Angstrom).
+SIMULATED_CONTINUA = ("poly", "gp", "curved", "wavy")
 _WRITE_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits"}
 
 
@@ -46,7 +49,10 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, lines: int = 2, num_pixe
     """Write a synthetic spectrum (Gaussian emission lines on a continuum) and return its truth.
 
     The continuum is a level of 10 (in 1e-17 erg/s/cm2/Angstrom) with a slope and, for
-    ``continuum="gp"``, a Matern-3/2 GP draw (amplitude 0.5, length scale 30 Angstrom). Line
+    ``continuum="gp"``, a Matern-3/2 GP draw (amplitude 0.5, length scale 30 Angstrom), for
+    ``"curved"`` a quadratic and a cubic term (each coefficient uniform in [-1, 1] over the
+    half-window), for ``"wavy"`` two sinusoids (periods 50-80 and 100-200 Angstrom, amplitudes
+    0.4-0.8 and 0.3-0.6, random phases). Line
     centres are uniform in the inner 70% of the window and at least 4 widths apart, widths
     (Gaussian sigma) uniform in [1.5, 4] Angstrom, and each line's flux is set by its
     signal-to-noise ratio ``snr`` (drawn in [10, 30] if not given), defined as
@@ -60,8 +66,8 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, lines: int = 2, num_pixe
     ext = check_simulate_target(path, seed, _WRITE_FORMATS)
     if num_pixels < 20:
         raise OutputError(f"num_pixels must be at least 20, got {num_pixels}")
-    if continuum not in ("gp", "poly"):
-        raise OutputError(f"continuum must be gp or poly, got {continuum!r}")
+    if continuum not in SIMULATED_CONTINUA:
+        raise OutputError(f"continuum must be one of {', '.join(SIMULATED_CONTINUA)}, got {continuum!r}")
     rng = np.random.default_rng(seed)
     lo, hi = window
     x = np.linspace(lo, hi, num_pixels)
@@ -69,8 +75,20 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, lines: int = 2, num_pixe
     level, slope = 10.0, float(rng.uniform(-0.01, 0.01))
     cont = level + slope * (x - 0.5 * (lo + hi))
     gp_amp, gp_scale = 0.5, 30.0
+    shape: dict[str, Any] = {}
     if continuum == "gp":
         cont = cont + _matern32_draw(rng, x, gp_amp, gp_scale)
+        shape = {"gp_amp": gp_amp, "gp_scale": gp_scale}
+    elif continuum == "curved":  # a cubic: not a straight line, and not the fit's Legendre prior
+        t = (x - 0.5 * (lo + hi)) / (0.5 * (hi - lo))
+        shape = {"quadratic": float(rng.uniform(-1.0, 1.0)), "cubic": float(rng.uniform(-1.0, 1.0))}
+        cont = cont + shape["quadratic"] * t * t + shape["cubic"] * t ** 3
+    elif continuum == "wavy":  # two sinusoids (the issue's 0.8 sin(w/9) + 0.5 cos(w/23) is one such)
+        shape = {"periods": [float(rng.uniform(50.0, 80.0)), float(rng.uniform(100.0, 200.0))],
+                 "amplitudes": [float(rng.uniform(0.4, 0.8)), float(rng.uniform(0.3, 0.6))],
+                 "phases": [float(v) for v in rng.uniform(0.0, 2.0 * math.pi, 2)]}
+        for period, amp, phase in zip(shape["periods"], shape["amplitudes"], shape["phases"]):
+            cont = cont + amp * np.sin(2.0 * math.pi * x / period + phase)
     truth_lines = []
     span = hi - lo
     for _ in range(1000):
@@ -94,10 +112,10 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, lines: int = 2, num_pixe
     record = {
         "pipeline": NAME, "seed": int(seed), "num_pixels": int(num_pixels),
         "truth": {"num_lines": int(lines), "lines": truth_lines, "noise": noise, "continuum": continuum,
-                  "continuum_level": level, "continuum_slope": slope,
-                  **({"gp_amp": gp_amp, "gp_scale": gp_scale} if continuum == "gp" else {})},
+                  "continuum_level": level, "continuum_slope": slope, **shape},
         "units": {"wavelength": "Angstrom", "flux": "1e-17 erg / (Angstrom s cm2)"},
-        "model": "Gaussian emission lines on a continuum (level + slope [+ Matern-3/2 GP]) with Gaussian noise",
+        "model": "Gaussian emission lines on a continuum (level + slope [+ a Matern-3/2 GP draw, a cubic or two "
+                 "sinusoids]) with Gaussian noise",
     }
     flux_unit = u.Unit("1e-17 erg / (Angstrom s cm2)")
     table = Table({"wavelength": x * u.AA, "flux": flux * flux_unit, "error": error * flux_unit})

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 from scipy.signal import fftconvolve
 
+from .legendre import legendre_design
 from .numpyro_model import amplitude_bounds, line_centres_np, ordered_positions_inverse
 from .options import GAUSS_FWHM, GP_SCALE_MIN_U, LOG_NOISE_BOUNDS
 
@@ -234,14 +235,14 @@ def least_squares_start(data: dict, start: dict[str, np.ndarray]) -> dict[str, n
     theta0 = np.clip(np.asarray(parts0, dtype=np.float64), lower + eps, upper - eps)
 
     def model_flux(theta):
-        total = np.polynomial.polynomial.polyval(x, theta[k * per:]) if ncoef else np.zeros_like(x)
+        total = np.polynomial.legendre.legval(x, theta[k * per:]) if ncoef else np.zeros_like(x)
         for j in range(k):
             c, a, lw = theta[j * per:j * per + 3]
             eta = theta[j * per + 3] if voigt else None
             total = total + a * _profile_np(x, c, math.exp(lw), eta, profile)
         return total
 
-    powers = np.vander(x, ncoef, increasing=True) if ncoef else np.zeros((x.size, 0))
+    powers = legendre_design(x, ncoef - 1) if ncoef else np.zeros((x.size, 0))
 
     def jacobian(theta):
         """d model / d theta, analytic (numerical differences cost a model per parameter)."""
