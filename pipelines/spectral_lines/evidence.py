@@ -97,13 +97,13 @@ def choose_num_lines(ks: list[int], log_z: np.ndarray, min_log_bayes_factor: flo
 
 
 class EvidenceChoice(NamedTuple):
-    """The number of lines ``--lines auto`` chose, the evidence of every K, the chosen K's
-    nested-sampling result (pipeline and input recorded in its provenance) and, for
-    ``--continuum auto``, the continuum chosen (``continuum``: the fit's ``continuum`` and
+    """The number of lines chosen, the evidence of every K (``comparison``; None for a fixed K),
+    the chosen K's nested-sampling result (pipeline and input recorded in its provenance for
+    ``--lines auto``) and, for ``--continuum auto``, the continuum chosen (``continuum``: the fit's ``continuum`` and
     ``degree``; ``degree_probability``: the chosen K's posterior of the degree)."""
 
     num_lines: int
-    comparison: dict[str, Any]
+    comparison: dict[str, Any] | None
     result: "Result"
     continuum: dict[str, Any]
     degree_probability: np.ndarray | None = None
@@ -131,12 +131,8 @@ def choose_continuum(prepared: "PreparedRun", progress: bool) -> EvidenceChoice:
     """``--continuum auto`` with a fixed K: one nested run of that K over the degrees."""
     k = prepared.loaded.data["num_lines"]
     run = _run_k(prepared, k, progress)
-    comparison = {"k": np.array([k]), "log_evidence": np.array([run["log_evidence"]]),
-                  "log_evidence_err": np.array([run["log_evidence_err"]]), "log_bayes_factor": np.zeros(1),
-                  "chosen": k}
     probability = run["degree_probability"]
-    return EvidenceChoice(k, comparison, run["result"], _chosen_continuum(prepared.loaded.data, probability),
-                          probability)
+    return EvidenceChoice(k, None, run["result"], _chosen_continuum(prepared.loaded.data, probability), probability)
 
 
 def choose_by_evidence(prepared: "PreparedRun", progress: bool) -> EvidenceChoice:

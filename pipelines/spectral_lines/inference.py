@@ -53,7 +53,7 @@ def sample(prepared: "PreparedRun", progress: bool) -> "Result":
     continuum_choice = None
     if choice is not None and choice.degree_probability is not None:
         continuum_choice = {"degree_probability": choice.degree_probability, "chosen": settings["degree"]}
-    comparison = choice.comparison if choice is not None and meta["lines"] == "auto" else None
+    comparison = None if choice is None else choice.comparison
     finalise(result, settings, meta, getattr(meta, "arrays", {}), comparison, continuum_choice)
     return result
 

@@ -152,7 +152,7 @@ def integrated_log_likelihood_jitter(residual, sigma, degree, design, log_jitter
 def _integrated(perp_norm2, coef, degree, p, s, noise_scale, num_pixels):
     """The log density of the module docstring from the whitened residual's squared distance
     from the full basis' span (``perp_norm2``) and its coordinates in it (``coef``, Q^T z)."""
-    keep = coef.dtype.type(1.0) * (jnp.arange(coef.shape[0]) <= degree)
+    keep = (jnp.arange(coef.shape[0]) <= degree).astype(coef.dtype)
     outside = coef * (1.0 - keep)  # the columns above the degree: part of the distance
     g = p.T @ (coef * keep)
     s2 = noise_scale * noise_scale
