@@ -675,17 +675,4 @@ def test_simulation_based_calibration():
         assert 0.84 <= coverage <= 0.96, (name, coverage)
 
 
-@pytest.mark.skipif(not (DATA / "ruprecht_147.csv").is_file(), reason="real data ruprecht_147.csv is absent")
-def test_ruprecht_147_members_only_catalog(tmp_path, run_cli):
-    """218 published members (Gaia DR2): membership near 1 and the cluster near 300 pc."""
-    import astroinfer
-
-    out = tmp_path / "r147.h5"
-    code, _, err = run_cli("run", "gaia-cluster", DATA / "ruprecht_147.csv", "-q", "-o", out, "--samples", "500",
-                           "--warmup", "500")
-    assert code == 0, err
-    result = astroinfer.load(out)
-    post = result.idata.posterior
-    assert 295 < float(post["cluster_distance"].mean()) < 320
-    assert float(post["member_fraction"].mean()) > 0.95
-    assert float(result.idata.stars["membership"].min()) > 0.5
+# Ruprecht 147 (a members-only catalog with proper motions): tests/test_gaia_proper_motion.py.

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
-from numpyro.infer.initialization import init_to_median, init_to_sample, init_to_uniform
+from numpyro.infer.initialization import init_to_mean, init_to_median, init_to_sample, init_to_uniform
 
 from astroinfer.engine.method import DataFunction, DataStructure, OptionChecks, split_data
 from astroinfer.engine.model import ModelBridge
@@ -42,12 +42,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 CHOICES = {
-    "init": ("median", "uniform", "sample"),
+    "init": ("median", "mean", "uniform", "sample"),
     "chain_method": ("auto", "parallel", "sequential", "vectorized"),
 }
 
 _INIT = {
     "median": lambda: init_to_median(num_samples=15),
+    # Every chain at the prior means (exact where the distribution has one): for mixtures
+    # whose components must start on their own data (gaia-cluster with proper motions).
+    "mean": init_to_mean,
     "uniform": init_to_uniform,
     "sample": init_to_sample,
 }

@@ -26,6 +26,12 @@ once per catalog as Chebyshev series made from that quadrature (:func:`with_fiel
 NUTS (dense mass matrix) then samples only the globals ``cluster_distance`` (pc), ``cluster_size`` (pc),
 ``member_fraction``, ``field_scale`` (pc) and ``parallax_offset`` (mas, when fitted).
 
+With proper motions in the catalog (``pmra, pmdec, pmra_error, pmdec_error``, optionally
+``pmra_pmdec_corr``; option ``proper_motion``), each component's likelihood also has a
+proper-motion factor (:mod:`.proper_motion`): the cluster a mean motion with an internal
+velocity dispersion (km/s) seen at its distance, the field a two-component scale mixture.
+NUTS then samples the :data:`PM_GLOBALS` too, every chain started at the prior means.
+
 Per-star results are drawn afterwards from their exact conditionals given each global draw
 (:func:`star_conditionals`): membership probability ``P_i = q C_i / (q C_i + (1-q) F_i)``
 and distance moments by the same quadrature (Rao-Blackwellised means and sds), distance
@@ -50,11 +56,12 @@ The package's modules:
   (2021) zero point and the prior settings;
 - :mod:`.marginal`: the quadrature marginal (:func:`log_component_marginals`) and the
   Chebyshev field table (:func:`with_field_table`) (JAX);
+- :mod:`.proper_motion`: the proper-motion terms and their globals' sample sites (JAX, NumPyro);
 - :mod:`.numpyro_model`: :func:`model` and :func:`reference_model` (NumPyro);
 - :mod:`.stars`: the per-star conditionals drawn after the globals (JAX);
 - :mod:`.inference`: the ``sample`` hook (the run, then the result's star tables);
 - :mod:`.simulation`: :func:`simulate` (its truth file at :func:`truth_path`, from :mod:`astroinfer.tables`);
-- :mod:`.report`: ``show``, ``summarise`` and the parallax figure.
+- :mod:`.report`: ``show``, ``summarise``, the parallax and the proper-motion figures.
 
 The model's, the simulator's and the hook's modules are not called ``model``, ``simulate``
 and ``sample``: importing a submodule sets it as the package's attribute of that name,
@@ -74,16 +81,17 @@ from astroinfer.tables import truth_path
 from .data import GaiaData, _distance_peak, lindegren_zero_point, load, prior_settings, zero_point_in_range
 from .options import (
     CLUSTER_NODES, FIELD_NODES, GLOBALS, HALO_COMPONENTS, LIKELY_MEMBER, MIN_STARS, NAME, NUTS_SETTINGS,
-    OFFSET_MODES, OFFSET_PRIOR_SD, OPTIONS, PROFILES, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS,
+    OFFSET_MODES, OFFSET_PRIOR_SD, OPTIONS, PROFILES, PM_GLOBALS, PM_COLUMNS, FIELD_PM_MIN_SD, KM_S_PER_MAS_YR_KPC, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS,
     _halo_scales,
 )
-from .report import parallax_figure, show, summarise
-from .simulation import gaia_parallax_error, simulate, simulate_catalog
+from .report import parallax_figure, proper_motion_figure, show, summarise
+from .simulation import gaia_parallax_error, simulate, simulate_catalog, simulate_proper_motions
 
 __all__ = [
     "PIPELINE", "load", "model", "reference_model", "simulate", "summarise", "show", "truth_path",
     "lindegren_zero_point", "zero_point_in_range", "log_component_marginals", "star_conditionals", "GLOBALS", "PROFILES",
     "GaiaData", "parallax_figure", "prior_settings", "field_table", "pilot_field_scale", "with_field_table",
+    "log_pm_marginals", "PM_GLOBALS", "proper_motion_figure", "simulate_proper_motions",
 ]
 
 
@@ -96,6 +104,7 @@ _ON_FIRST_USE = {
                  "FIELD_TABLE_HALF_WIDTH", "FIELD_TABLE_DEGREE", "OFFSET_TABLE_DEGREE", "OFFSET_TABLE_HALF_WIDTH",
                  "_field_from_table", "_inside_field_table", "_field_quadrature", "_Terms"),
     "numpyro_model": ("reference_model",),
+    "proper_motion": ("log_pm_marginals", "pm_globals"),
     "stars": ("star_conditionals", "_star_moments", "_star_draw"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _ON_FIRST_USE, globals())
@@ -116,6 +125,6 @@ PIPELINE = Pipeline(
     simulate_options=SIMULATE_OPTIONS,
     sample=sample,
     show=show,
-    plots={"parallax": parallax_figure},
+    plots={"parallax": parallax_figure, "proper-motion": proper_motion_figure},
     # NUTS (the default) and nested sampling (evidence to compare profiles) are tested here.
 )

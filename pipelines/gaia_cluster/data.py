@@ -19,7 +19,9 @@ from astroinfer.errors import InputError
 from astroinfer.pipeline import PipelineData
 from astroinfer.tables import READ_FORMATS, extension, find_column, float_column, read_table, shown_columns
 
-from .options import MIN_STARS, NAME, OFFSET_MODES, PROFILES, REQUIRED, ZERO_POINT_COLUMNS
+from .options import (
+    MIN_STARS, NAME, OFFSET_MODES, PM_COLUMNS, PM_CORRELATION_COLUMN, PM_MODES, PROFILES, REQUIRED, ZERO_POINT_COLUMNS,
+)
 
 _EXPECTED = f"a Gaia table (FITS, VOTable, ECSV or CSV) with columns {', '.join(REQUIRED)}"
 
@@ -84,11 +86,12 @@ def _check_bound(path: Path, name: str, value: Any) -> float | None:
     return float(value)
 
 
-def _check_options(path: Path, *, zero_point: str, offset: str, profile: str, parallax_min: float | None,
-                   parallax_max: float | None, distance_guess: float | None, star_draws: int) -> None:
+def _check_options(path: Path, *, zero_point: str, offset: str, profile: str, proper_motion: str,
+                   parallax_min: float | None, parallax_max: float | None, distance_guess: float | None,
+                   star_draws: int) -> None:
     """The options that are not numeric bounds (those :func:`_check_bound` checks)."""
     for name, value, allowed in (("zero_point", zero_point, ("auto", "on", "off")), ("offset", offset, OFFSET_MODES),
-                                 ("profile", profile, PROFILES)):
+                                 ("profile", profile, PROFILES), ("proper_motion", proper_motion, PM_MODES)):
         if value not in allowed:
             raise InputError(f"{path}: option {name} must be one of {', '.join(allowed)}, got {value!r}")
     if parallax_min is not None and parallax_max is not None and parallax_min >= parallax_max:
@@ -147,6 +150,90 @@ def _keep_measured(path: Path, names: dict[str, str], columns: _Columns, rows: i
     selection.dropped["non_positive_error"] = int((finite & ~positive).sum())
     selection.cut(finite, "finite parallax and parallax_error")
     selection.cut(positive, "parallax_error > 0")
+
+
+class _ProperMotions(NamedTuple):
+    """Every row's proper motion (rows, 2), its error covariance (rows, 3: var pmra, var
+    pmdec, covariance) in (mas/yr)^2, and which rows have a usable one."""
+
+    values: np.ndarray
+    cov: np.ndarray
+    usable: np.ndarray
+    columns: dict[str, str]
+
+
+def _proper_motions(table, path: Path, proper_motion: str) -> _ProperMotions | None:
+    """The catalog's proper motions in mas/yr, or None when they are not used (``off``, or
+    ``auto`` with a column missing). A row is usable when all four values are finite and both
+    errors positive; the correlation is 0 where its column is absent or empty."""
+    import astropy.units as u
+
+    found = {c: find_column(table.colnames, c) for c in PM_COLUMNS}
+    missing = [c for c, name in found.items() if name is None]
+    if proper_motion == "off" or (proper_motion == "auto" and missing):
+        return None
+    if missing:
+        raise InputError(f"{path}: option proper_motion=on needs column(s) {', '.join(missing)}, which are missing; "
+                         f"use proper_motion auto or off")
+    per_year = u.mas / u.yr
+    values = {}
+    for wanted, name in found.items():
+        column = float_column(table, path, name)
+        unit = getattr(table[name], "unit", None)
+        if unit is not None and str(unit) not in ("", "None"):
+            try:
+                column = column * u.Unit(unit).to(per_year)
+            except Exception:
+                raise InputError(f"{path}: column '{name}' has unit '{unit}'; expected a proper motion in mas/yr "
+                                 f"(an angle per time)") from None
+        values[wanted] = column
+    corr_name = find_column(table.colnames, PM_CORRELATION_COLUMN)
+    corr = float_column(table, path, corr_name) if corr_name is not None else np.zeros(len(table))
+    if corr_name is not None:
+        found[PM_CORRELATION_COLUMN] = corr_name
+    corr = np.where(np.isfinite(corr), np.clip(corr, -0.99, 0.99), 0.0)
+    ex, ey = values["pmra_error"], values["pmdec_error"]
+    usable = (np.isfinite(values["pmra"]) & np.isfinite(values["pmdec"]) & np.isfinite(ex) & np.isfinite(ey)
+              & (ex > 0) & (ey > 0))
+    if not usable.any():
+        raise InputError(f"{path}: columns {', '.join(found[c] for c in PM_COLUMNS)} have no row with finite "
+                         f"proper motions and positive errors; use proper_motion off")
+    pm = np.where(usable[:, None], np.stack([values["pmra"], values["pmdec"]], axis=1), 0.0)
+    ex, ey, corr = (np.where(usable, a, b) for a, b in ((ex, 1.0), (ey, 1.0), (corr, 0.0)))
+    cov = np.stack([ex**2, ey**2, corr * ex * ey], axis=1)
+    return _ProperMotions(pm, cov, usable, found)
+
+
+def pm_prior_settings(parallax: np.ndarray, parallax_error: np.ndarray, proper_motion: np.ndarray,
+                      usable: np.ndarray, distance_centre: float) -> dict[str, np.ndarray]:
+    """The proper-motion priors' centres (mas/yr): ``pm_centre``, the densest proper motion
+    of the stars whose parallax fits the cluster's (within 2 errors + 15% of 1000 /
+    ``distance_centre``), and ``field_pm_centre`` / ``field_pm_spread``, the median and
+    robust sd (1.4826 MAD, at least 0.5) of every usable star's.
+
+    As with the distance prior's centre, only where sampling starts and the priors' centres
+    come from here (the cluster's prior is 5 mas/yr wide), so a rough peak is enough."""
+    pm = proper_motion[usable]
+    centre = np.median(pm, axis=0)
+    spread = np.maximum(1.4826 * np.median(np.abs(pm - centre), axis=0), 0.5)
+    w_c = 1000.0 / distance_centre
+    near = usable & (np.abs(parallax - w_c) < 2.0 * parallax_error + 0.15 * w_c)
+    if near.sum() < 3:
+        near = usable
+    pm_near = proper_motion[near]
+    # The densest point of a Gaussian kernel density (0.3 mas/yr) over a grid spanning the
+    # near stars' central 98%.
+    lo, hi = np.quantile(pm_near, [0.01, 0.99], axis=0)
+    grids = [np.linspace(lo[j], hi[j], 121) for j in (0, 1)]
+    gx, gy = np.meshgrid(*grids, indexing="ij")
+    kernel = 0.3
+    density = np.zeros(gx.shape)
+    for chunk in np.array_split(pm_near, max(1, pm_near.shape[0] // 128)):
+        density += np.exp(-0.5 * (((gx[..., None] - chunk[:, 0]) / kernel) ** 2
+                                  + ((gy[..., None] - chunk[:, 1]) / kernel) ** 2)).sum(-1)
+    i, j = np.unravel_index(np.argmax(density), density.shape)
+    return {"pm_centre": np.array([gx[i, j], gy[i, j]], dtype=np.float32),
+            "field_pm_centre": centre.astype(np.float32), "field_pm_spread": spread.astype(np.float32)}
 
 
 def _duplicates(path: Path, column: str, source_id: np.ndarray, keep_duplicates: bool) -> tuple[int, int]:
@@ -211,15 +298,16 @@ def _cut(table, path: Path, corrected: np.ndarray, selection: _Selection, *, par
 
 def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax_max: float | None = None,
          g_max: float | None = None, ruwe_max: float | None = 1.4, zero_point: str = "auto",
-         offset: str = "systematic", profile: str = "lognormal", distance_guess: float | None = None,
-         keep_duplicates: bool = False, star_draws: int = 0) -> GaiaData:
+         offset: str = "systematic", profile: str = "lognormal", proper_motion: str = "auto",
+         distance_guess: float | None = None, keep_duplicates: bool = False, star_draws: int = 0) -> GaiaData:
     """Read and validate a Gaia table, apply the zero point and the cuts; counts at each step
     are kept in ``metadata["selection"]``. Raises :class:`~astroinfer.errors.InputError`."""
     path = Path(path)
     bounds = {name: _check_bound(path, name, value) for name, value in
               (("parallax_min", parallax_min), ("parallax_max", parallax_max), ("g_max", g_max),
                ("ruwe_max", ruwe_max))}
-    _check_options(path, zero_point=zero_point, offset=offset, profile=profile, parallax_min=bounds["parallax_min"],
+    _check_options(path, zero_point=zero_point, offset=offset, profile=profile, proper_motion=proper_motion,
+                   parallax_min=bounds["parallax_min"],
                    parallax_max=bounds["parallax_max"], distance_guess=distance_guess, star_draws=star_draws)
 
     table = read_table(path, _EXPECTED)
@@ -230,10 +318,16 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
     _keep_measured(path, names, columns, rows, selection)
     num_duplicated, num_duplicate_rows = _duplicates(path, names["source_id"], columns.source_id, keep_duplicates)
     zp, in_range = _zero_point_correction(table, path, zero_point, selection)
+    pms = _proper_motions(table, path, proper_motion)
     corrected = columns.parallax - zp
     _cut(table, path, corrected, selection, **bounds)
 
     keep, applied = selection.keep, in_range is not None
+    if pms is not None and not pms.usable[keep].any():
+        if proper_motion == "on":
+            raise InputError(f"{path}: option proper_motion=on, but none of the {int(keep.sum())} stars kept has a "
+                             f"usable proper motion; use proper_motion auto or off")
+        pms = None
     w, s = corrected[keep], columns.error[keep]
     centre = float(distance_guess) if distance_guess is not None else _distance_peak(w, s)
     data = {
@@ -244,6 +338,12 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "offset_in_field": offset == "fit",
         **prior_settings(centre),
     }
+    if pms is not None:
+        used = pms.usable[keep]
+        data.update({"proper_motion": pms.values[keep].astype(np.float32),
+                     "proper_motion_cov": pms.cov[keep].astype(np.float32),
+                     "proper_motion_used": used.astype(np.float32),
+                     **pm_prior_settings(w, s, pms.values[keep], used, centre)})
     metadata = {
         "path": str(path),
         "format": READ_FORMATS.get(extension(path), "guessed"),
@@ -264,9 +364,15 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "distance_prior_centre_pc": centre,
         "distance_prior_from": "option distance_guess" if distance_guess is not None else "parallax peak",
         "star_draws": int(star_draws),
+        "proper_motion": "used" if pms is not None else "not used",
+        "proper_motion_stars": int(pms.usable[keep].sum()) if pms is not None else 0,
+        "proper_motion_columns": pms.columns if pms is not None else {},
     }
     stars = {"source_id": columns.source_id[keep], "ra": columns.ra[keep], "dec": columns.dec[keep],
              "parallax_catalog": columns.parallax[keep], "zero_point": zp[keep]}
+    if pms is not None:
+        stars["pmra"], stars["pmdec"] = pms.values[keep, 0], pms.values[keep, 1]
+        stars["proper_motion_used"] = pms.usable[keep]
     return GaiaData(data=data, metadata=metadata, stars=stars)
 
 

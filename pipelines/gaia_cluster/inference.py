@@ -14,9 +14,11 @@ import jax
 import numpy as np
 import xarray as xr
 
+from astroinfer.engine.stuck_chains import drop_stuck_chains
+
 from .data import GaiaData
 from .marginal import _inside_field_table, with_field_table
-from .options import GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS
+from .options import GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS, PM_GLOBALS, PM_NUTS_SETTINGS
 from .report import _print_selection
 from .stars import star_conditionals
 
@@ -53,6 +55,11 @@ def _star_groups(loaded: GaiaData, stars: dict[str, np.ndarray], num_keep: int) 
         },
         coords=coords,
     )
+    if "pmra" in info:
+        table["pmra"] = ("star", info["pmra"], {"units": "mas/yr"})
+        table["pmdec"] = ("star", info["pmdec"], {"units": "mas/yr"})
+        table["proper_motion_used"] = ("star", np.asarray(info["proper_motion_used"], dtype=np.int8),
+                                       {"long_name": "1 where the star's proper motion entered its membership"})
     groups = {"stars": table}
     if num_keep:
         pick = np.linspace(0, stars["distance_draws"].shape[0] - 1, num_keep).round().astype(int)
@@ -72,13 +79,18 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     overrides: dict[str, Any] = {}
     table_domain = None
     if prepared.method == "nuts":
-        overrides = {k: v for k, v in NUTS_SETTINGS.items() if k not in prepared.options}
+        settings = {**NUTS_SETTINGS, **(PM_NUTS_SETTINGS if "proper_motion" in loaded.data else {})}
+        overrides = {k: v for k, v in settings.items() if k not in prepared.options}
         if _table_pays_off(prepared.options):
             overrides["data"] = with_field_table(loaded.data)
             table_domain = overrides["data"]["field_table_domain"]
     result = prepared.sample_model(progress=progress, **overrides)
+    if prepared.method == "nuts":
+        # A chain can settle in a minor mode of the mixture (see astroinfer.engine.stuck_chains);
+        # the warning it stores is printed with the run's others.
+        drop_stuck_chains(result, prepared.pipeline.model, overrides.get("data", loaded.data))
     posterior = result.idata.posterior
-    draws = {k: np.asarray(posterior[k]) for k in GLOBALS if k in posterior}
+    draws = {k: np.asarray(posterior[k]) for k in GLOBALS + PM_GLOBALS if k in posterior}
     if table_domain is not None:
         field_offset = draws.get("parallax_offset", 0.0) if loaded.data.get("offset_in_field", True) else 0.0
         inside = np.asarray(_inside_field_table(table_domain, np.log(draws["field_scale"]), field_offset))
@@ -88,7 +100,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     num_keep = int(loaded.metadata.get("star_draws", 0))
     stars = star_conditionals(draws, loaded.data["parallax"], loaded.data["parallax_error"],
                               profile=loaded.data["profile"], num_draws=max(200, num_keep), seed=prepared.seed,
-                              offset_in_field=bool(loaded.data.get("offset_in_field", True)))
+                              offset_in_field=bool(loaded.data.get("offset_in_field", True)),
+                              proper_motion=loaded.data if "proper_motion" in loaded.data else None)
     result.idata.add_groups(_star_groups(loaded, stars, num_keep))
     result.diagnostics["likely_members"] = int((stars["membership"] > LIKELY_MEMBER).sum())
     result.diagnostics["expected_members"] = float(stars["membership"].sum())

@@ -17,7 +17,9 @@ distance's error includes it.
 
 with the lognormal, gaussian or student cluster profile (the package's docstring defines
 them). NUTS samples only the globals ``cluster_distance``, ``cluster_size``,
-``member_fraction``, ``field_scale`` and ``parallax_offset`` (when fitted).
+``member_fraction``, ``field_scale`` and ``parallax_offset`` (when fitted), and with proper
+motions the globals of :mod:`.proper_motion`, whose per-star terms multiply each
+component's parallax term.
 
 :func:`reference_model` is the full-latent model (one latent distance per star, the
 lognormal profile) used to prove that the marginalised model gives the same posterior.
@@ -34,6 +36,7 @@ import numpyro.distributions as dist
 
 from .marginal import log_component_marginals
 from .options import OFFSET_PRIOR_SD, PROFILES
+from .proper_motion import log_pm_marginals, pm_globals
 
 
 def _globals(distance_centre, distance_width, size_centre, size_width, field_centre, field_width, fit_offset):
@@ -47,10 +50,14 @@ def _globals(distance_centre, distance_width, size_centre, size_width, field_cen
 
 def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distance_centre=1000.0,
           distance_width=0.5, size_centre=10.0, size_width=1.0, field_centre=1000.0, field_width=1.0,
-          field_table=None, field_table_domain=None, offset_in_field=True):
+          field_table=None, field_table_domain=None, offset_in_field=True, proper_motion=None,
+          proper_motion_cov=None, proper_motion_used=None, pm_centre=None, field_pm_centre=None,
+          field_pm_spread=None):
     """Cluster + field mixture with every star's distance integrated out (see the module doc);
     ``field_table``/``field_table_domain`` (optional, :func:`with_field_table`) tabulate the
-    field term."""
+    field term. With ``proper_motion`` (and its covariance, usable-star mask and prior
+    centres, from :func:`~.data.load`) each component's likelihood also has the proper-motion
+    term of :mod:`.proper_motion`."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     distance, size, fraction, scale, offset = _globals(distance_centre, distance_width, size_centre, size_width,
@@ -60,6 +67,11 @@ def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distan
     log_c, log_f = log_component_marginals(w, s, profile=profile, distance=distance, size=size, scale=scale,
                                            offset=offset, offset_in_field=offset_in_field,
                                            field_table=field_table, field_table_domain=field_table_domain)
+    if proper_motion is not None:
+        pm = pm_globals(pm_centre, field_pm_centre, field_pm_spread)
+        pm_c, pm_f = log_pm_marginals(jnp.asarray(proper_motion), jnp.asarray(proper_motion_cov),
+                                      jnp.asarray(proper_motion_used), pm, distance)
+        log_c, log_f = log_c + pm_c, log_f + pm_f
     per_star = jnp.logaddexp(jnp.log(fraction) + log_c, jnp.log1p(-fraction) + log_f)
     numpyro.factor("parallax_likelihood", jnp.sum(per_star))
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from astroinfer.pipeline import PipelineData
 
-from .options import GLOBALS, LIKELY_MEMBER, NAME
+from .options import GLOBALS, LIKELY_MEMBER, NAME, PM_GLOBALS
 from .simulation import _draw_cluster_distances
 
 if TYPE_CHECKING:
@@ -40,13 +40,15 @@ def _print_selection(metadata: dict[str, Any]) -> None:
 def _globals_table(result: "Result") -> list[str]:
     posterior = result.idata.posterior
     units = {"cluster_distance": "pc", "cluster_size": "pc", "member_fraction": "", "field_scale": "pc",
-             "parallax_offset": "mas"}
+             "parallax_offset": "mas", **{k: "mas/yr" for k in PM_GLOBALS}}
+    units["cluster_velocity_dispersion"] = "km/s"
+    units["field_pm_fraction"] = units["field_pm_broadening"] = units["field_pm_corr_1"] = units["field_pm_corr_2"] = ""
     lines = []
-    for name in GLOBALS:
+    for name in GLOBALS + PM_GLOBALS:
         if name in posterior:
             values = np.asarray(posterior[name]).reshape(-1)
             lo, hi = np.quantile(values, [0.05, 0.95])
-            lines.append(f"  {name:17s} {values.mean():10.4g} +- {values.std():<9.3g} {units[name]:4s}"
+            lines.append(f"  {name:21s} {values.mean():10.4g} +- {values.std():<9.3g} {units[name]:6s}"
                          f" 90% [{lo:.4g}, {hi:.4g}]")
     return lines
 
@@ -63,6 +65,11 @@ def show(result: "Result") -> str:
     if meta:
         lines.append(f"profile: {meta.get('profile')}; zero point: {meta.get('zero_point')}; "
                      f"parallax offset: {meta.get('offset', 'fit' if meta.get('fit_offset') else 'off')}")
+        if meta.get("proper_motion") == "used":
+            lines.append(f"membership from parallaxes and proper motions ({meta.get('proper_motion_stars')} stars "
+                         "with a usable proper motion)")
+        else:
+            lines.append("membership from parallaxes only (no proper-motion columns used)")
     inside = result.diagnostics.get("field_table_draws_inside")
     if inside is not None:
         low, high = result.diagnostics["field_table_scale_range_pc"]
@@ -128,4 +135,44 @@ def parallax_figure(result: "Result"):
     ax.set(xlabel="parallax (mas)", ylabel=f"stars per {width:.3g} mas", title="gaia-cluster: parallaxes")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def proper_motion_figure(result: "Result"):
+    """The stars' proper motions coloured by membership probability, with the fitted
+    cluster motion and its 2-sigma internal dispersion (at the posterior mean distance);
+    left the whole catalog, right a zoom on the cluster."""
+    # matplotlib here, not at the top: the package imports this module at CLI start-up.
+    import matplotlib.pyplot as plt
+
+    from astroinfer.errors import InputError
+
+    from .options import KM_S_PER_MAS_YR_KPC
+
+    stars = result.idata.stars
+    if "pmra" not in stars:
+        raise InputError("this result has no proper motions (the catalog had no pmra, pmdec, pmra_error, "
+                         "pmdec_error columns, or the run used --proper-motion off)")
+    used = np.asarray(stars["proper_motion_used"]).astype(bool)
+    x, y = np.asarray(stars["pmra"])[used], np.asarray(stars["pmdec"])[used]
+    p = np.asarray(stars["membership"])[used]
+    post = result.idata.posterior
+    centre = float(post["cluster_pmra"].mean()), float(post["cluster_pmdec"].mean())
+    dispersion = float(post["cluster_velocity_dispersion"].mean()) / (
+        KM_S_PER_MAS_YR_KPC * float(post["cluster_distance"].mean()) / 1000.0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    order = np.argsort(p)  # members drawn last, on top
+    lo, hi = np.quantile(np.stack([x, y], 1), [0.01, 0.99], axis=0)
+    zoom = max(10 * dispersion, 1.0)
+    for ax, (xlim, ylim) in zip(axes, [((lo[0], hi[0]), (lo[1], hi[1])),
+                                       ((centre[0] - zoom, centre[0] + zoom), (centre[1] - zoom, centre[1] + zoom))]):
+        points = ax.scatter(x[order], y[order], c=p[order], s=4, cmap="viridis", vmin=0, vmax=1)
+        ax.add_patch(plt.Circle(centre, 2 * dispersion, fill=False, color="C3", lw=1.2))
+        ax.plot(*centre, "+", color="C3", ms=10, label="cluster motion, 2-sigma internal dispersion")
+        ax.set(xlim=xlim, ylim=ylim, xlabel="pmra (mas/yr)", ylabel="pmdec (mas/yr)")
+        ax.set_aspect("equal", adjustable="box")  # the dispersion circle drawn round
+    axes[0].set_title(f"gaia-cluster: proper motions ({used.sum()} stars)")
+    axes[1].set_title("around the cluster")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.colorbar(points, ax=axes, label="membership probability")
     return fig

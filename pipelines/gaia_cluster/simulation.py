@@ -18,7 +18,16 @@ import numpy as np
 from astroinfer.errors import OutputError
 from astroinfer.tables import check_simulate_target, write_simulated
 
-from .options import GLOBALS, HALO_COMPONENTS, MIN_STARS, NAME, PROFILES, _halo_scales
+from .options import GLOBALS, HALO_COMPONENTS, KM_S_PER_MAS_YR_KPC, MIN_STARS, NAME, PROFILES, _halo_scales
+
+#: The proper-motion truths :func:`simulate` adds with ``proper_motions``: M67's mean motion
+#: (Gaia DR3) and an internal velocity dispersion (km/s; 0.15 mas/yr at 850 pc). The
+#: field's tangential velocities (km/s, mean and sd per axis) are a rough thin disc seen
+#: towards M67.
+PM_TRUTH = {"cluster_pmra": -10.97, "cluster_pmdec": -2.94, "cluster_velocity_dispersion": 0.6}
+FIELD_VELOCITY_MEAN = (-20.0, -8.0)
+FIELD_VELOCITY_SD = (35.0, 22.0)
+FIELD_VELOCITY_CORR = 0.3
 
 _WRITE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".vot": "votable", ".xml": "votable"}
 
@@ -42,6 +51,37 @@ def simulate_catalog(rng: np.random.Generator, num_stars: int, truth: dict[str, 
     return {"member": member, "distance": r, "phot_g_mean_mag": g, "parallax_error": error, "parallax": parallax}
 
 
+def simulate_proper_motions(rng: np.random.Generator, member: np.ndarray, distance: np.ndarray,
+                            parallax_error: np.ndarray, truth: dict[str, float]) -> dict[str, np.ndarray]:
+    """Gaia-like proper motions (mas/yr) for the stars of :func:`simulate_catalog`.
+
+    Members: the cluster's mean motion plus an isotropic velocity dispersion at each
+    member's own distance. Field stars: a
+    tangential velocity from a correlated Gaussian (:data:`FIELD_VELOCITY_MEAN` and
+    ``_SD``) divided by 4.74 times the star's distance in kpc, so nearby field stars move
+    fast on the sky and distant ones slowly: not the model's own distance-independent
+    field mixture. Errors follow the parallax error (Gaia DR3's proper-motion errors in
+    mas/yr are close to its parallax errors in mas; pmdec's a tenth smaller), with a
+    correlation uniform in (-0.4, 0.4)."""
+    n = member.size
+    sd = np.array(FIELD_VELOCITY_SD)
+    cov = np.array([[sd[0] ** 2, FIELD_VELOCITY_CORR * sd[0] * sd[1]],
+                    [FIELD_VELOCITY_CORR * sd[0] * sd[1], sd[1] ** 2]])
+    velocity = rng.multivariate_normal(FIELD_VELOCITY_MEAN, cov, size=n)
+    field_pm = velocity / (KM_S_PER_MAS_YR_KPC * distance[:, None] / 1000.0)
+    cluster_pm = (np.array([truth["cluster_pmra"], truth["cluster_pmdec"]])
+                  + truth["cluster_velocity_dispersion"] / (KM_S_PER_MAS_YR_KPC * distance[:, None] / 1000.0)
+                  * rng.normal(size=(n, 2)))
+    true_pm = np.where(member[:, None], cluster_pm, field_pm)
+    error = np.stack([parallax_error, 0.9 * parallax_error], axis=1)
+    corr = rng.uniform(-0.4, 0.4, size=n)
+    z = rng.normal(size=(n, 2))
+    noise = np.stack([z[:, 0], corr * z[:, 0] + np.sqrt(1 - corr**2) * z[:, 1]], axis=1) * error
+    measured = true_pm + noise
+    return {"pmra": measured[:, 0], "pmdec": measured[:, 1], "pmra_error": error[:, 0],
+            "pmdec_error": error[:, 1], "pmra_pmdec_corr": corr}
+
+
 def _draw_cluster_distances(rng, profile: str, distance: float, size: float, n: int) -> np.ndarray:
     """``n`` distances (pc) from the cluster profile, truncated at r > 0."""
     if profile == "lognormal":
@@ -58,11 +98,13 @@ def _draw_cluster_distances(rng, profile: str, distance: float, size: float, n: 
 
 
 def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, profile: str = "lognormal",
-             truth: dict[str, float] | None = None) -> dict[str, Any]:
+             proper_motions: bool = False, truth: dict[str, float] | None = None) -> dict[str, Any]:
     """Write a synthetic Gaia-like catalog (.csv, .ecsv, .fits or .vot) and its truth.
 
     Defaults give an M67-like field: cluster at 850 pc, size 15 pc, 40% members, field scale
-    500 pc. Positions are uniform in a 0.5 degree disc around (132.85, 11.81).
+    500 pc. Positions are uniform in a 0.5 degree disc around (132.85, 11.81). With
+    ``proper_motions`` the catalog also has Gaia's proper-motion columns
+    (:func:`simulate_proper_motions`; the truth gets :data:`PM_TRUTH`).
     The truth (with each star's true distance and membership) goes to ``<name>.truth.json``.
     """
     # astropy here, not at the top: the package imports this module at CLI start-up.
@@ -75,10 +117,11 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
     if profile not in PROFILES:
         raise OutputError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     params = {"cluster_distance": 850.0, "cluster_size": 15.0, "member_fraction": 0.4, "field_scale": 500.0,
-              "parallax_offset": 0.0, **(truth or {})}
-    unknown = set(params) - set(GLOBALS)
+              "parallax_offset": 0.0, **(PM_TRUTH if proper_motions else {}), **(truth or {})}
+    known = GLOBALS + tuple(PM_TRUTH if proper_motions else ())
+    unknown = set(params) - set(known)
     if unknown:
-        raise OutputError(f"unknown truth parameter(s) {', '.join(sorted(unknown))}; expected {', '.join(GLOBALS)}")
+        raise OutputError(f"unknown truth parameter(s) {', '.join(sorted(unknown))}; expected {', '.join(known)}")
     rng = np.random.default_rng(seed)
     stars = simulate_catalog(rng, num_stars, params, profile)
     radius = 0.5 * np.sqrt(rng.uniform(size=num_stars))
@@ -88,16 +131,26 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
     source_id = 598690000000000000 + np.sort(rng.choice(10**9, size=num_stars, replace=False)).astype(np.int64)
     table = Table({"source_id": source_id, "ra": ra, "dec": dec, "parallax": stars["parallax"],
                    "parallax_error": stars["parallax_error"], "phot_g_mean_mag": stars["phot_g_mean_mag"]})
-    for name, unit in (("ra", "deg"), ("dec", "deg"), ("parallax", "mas"), ("parallax_error", "mas"),
-                       ("phot_g_mean_mag", "mag")):
-        table[name].unit = unit
+    units = [("ra", "deg"), ("dec", "deg"), ("parallax", "mas"), ("parallax_error", "mas"), ("phot_g_mean_mag", "mag")]
+    if proper_motions:
+        for name, values in simulate_proper_motions(rng, stars["member"], stars["distance"], stars["parallax_error"],
+                                                    params).items():
+            table[name] = values
+        units += [("pmra", "mas / yr"), ("pmdec", "mas / yr"), ("pmra_error", "mas / yr"),
+                  ("pmdec_error", "mas / yr"), ("pmra_pmdec_corr", None)]
+    for name, unit in units:
+        if unit is not None:
+            table[name].unit = unit
         table[name].format = ".8g"
     record = {
-        "pipeline": NAME, "seed": int(seed), "num_stars": int(num_stars), "profile": profile, "truth": params,
+        "pipeline": NAME, "seed": int(seed), "num_stars": int(num_stars), "profile": profile,
+        **({"proper_motions": True} if proper_motions else {}), "truth": params,
         "member_rows": np.flatnonzero(stars["member"]).tolist(),
         "distance_pc": np.round(stars["distance"], 3).tolist(),
         "model": "cluster (profile) + exponentially decreasing space density field; parallax = 1000/r + offset "
-                 "+ Normal(0, parallax_error), errors from a Gaia DR3 error-vs-G curve",
+                 "+ Normal(0, parallax_error), errors from a Gaia DR3 error-vs-G curve"
+                 + ("; proper motions: members the cluster's mean + dispersion, field stars disc-like tangential "
+                    "velocities over their distance" if proper_motions else ""),
     }
     write_simulated(path, table, _WRITE_FORMATS[ext], record,
                     ecsv_meta={k: record[k] for k in ("pipeline", "seed", "truth", "profile")})

@@ -15,16 +15,18 @@ from jax.nn import softmax
 from jax.scipy.special import logsumexp
 
 from .marginal import _log_like_u, _log_prior_v, _Terms
-from .options import CLUSTER_NODES, FIELD_NODES, _halo_scales
+from .options import CLUSTER_NODES, FIELD_NODES, PM_GLOBALS, _halo_scales
+from .proper_motion import log_pm_marginals
 
 
-def _star_moments(w, s, profile, distance, size, fraction, scale, offset, field_offset=None):
+def _star_moments(w, s, profile, distance, size, fraction, scale, offset, field_offset=None, pm_terms=(0.0, 0.0)):
     """Membership probability and E[r], E[r^2] given one global draw (quadrature); the field
-    sees parallaxes shifted by ``field_offset`` (default ``offset``)."""
+    sees parallaxes shifted by ``field_offset`` (default ``offset``); ``pm_terms`` are the
+    stars' proper-motion log terms (cluster, field), which the distances do not depend on."""
     t = _Terms(w - offset, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES,
                field_parallax=None if field_offset is None else w - field_offset)
-    a = jnp.log(fraction) + logsumexp(t.cluster_terms, axis=-1)
-    b = jnp.log1p(-fraction) + logsumexp(t.field_terms, axis=-1)
+    a = jnp.log(fraction) + logsumexp(t.cluster_terms, axis=-1) + pm_terms[0]
+    b = jnp.log1p(-fraction) + logsumexp(t.field_terms, axis=-1) + pm_terms[1]
     member = jnp.exp(a - jnp.logaddexp(a, b))
 
     def moments(u, terms):
@@ -38,16 +40,17 @@ def _star_moments(w, s, profile, distance, size, fraction, scale, offset, field_
 
 
 def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, field_offset=None,
-               grid_points: int = 256):
+               pm_terms=(0.0, 0.0), grid_points: int = 256):
     """One joint draw (membership indicator, distance) per star from its conditional; the
-    field sees parallaxes shifted by ``field_offset`` (default ``offset``)."""
+    field sees parallaxes shifted by ``field_offset`` (default ``offset``); ``pm_terms`` as
+    in :func:`_star_moments`."""
     wc = w - offset
     wf = wc if field_offset is None else w - field_offset
     t = _Terms(wc, s, profile, distance, size, scale, CLUSTER_NODES, FIELD_NODES, field_parallax=wf)
     k1, k2, k3 = jax.random.split(key, 3)
     log_c = logsumexp(t.cluster_terms, axis=-1)
-    a = jnp.log(fraction) + log_c
-    b = jnp.log1p(-fraction) + logsumexp(t.field_terms, axis=-1)
+    a = jnp.log(fraction) + log_c + pm_terms[0]
+    b = jnp.log1p(-fraction) + logsumexp(t.field_terms, axis=-1) + pm_terms[1]
     member = jnp.exp(a - jnp.logaddexp(a, b))
     is_member = jax.random.uniform(k1, w.shape) < member
     cc, cw, size_c = t.cluster_centre, t.cluster_width, t.sizes
@@ -83,8 +86,13 @@ def _star_draw(key, w, s, profile, distance, size, fraction, scale, offset, fiel
 
 
 def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *, profile="lognormal",
-                      num_draws: int = 200, seed: int = 0, offset_in_field: bool = True) -> dict[str, np.ndarray]:
+                      num_draws: int = 200, seed: int = 0, offset_in_field: bool = True,
+                      proper_motion: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per-star posterior summaries from the global draws (flattened over chain and draw).
+
+    ``proper_motion`` (the model data's ``proper_motion``, ``proper_motion_cov`` and
+    ``proper_motion_used``) adds each draw's proper-motion terms to the memberships; the
+    draws then need the :data:`~.options.PM_GLOBALS`.
 
     ``membership`` and the distance mean/sd are Rao-Blackwellised: averages over every
     global draw of the exact conditional membership probability and distance moments;
@@ -100,11 +108,23 @@ def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *,
                                if "parallax_offset" in draws else jnp.zeros(total, jnp.float32))
     flat["field_offset"] = flat["parallax_offset"] if offset_in_field else jnp.zeros(total, jnp.float32)
     order = ("cluster_distance", "cluster_size", "member_fraction", "field_scale", "parallax_offset", "field_offset")
+    if proper_motion is not None:
+        pm_data = tuple(jnp.asarray(proper_motion[k], dtype=jnp.float32)
+                        for k in ("proper_motion", "proper_motion_cov", "proper_motion_used"))
+        flat.update({k: jnp.asarray(np.asarray(draws[k]).reshape(-1), dtype=jnp.float32) for k in PM_GLOBALS})
+        order = order + PM_GLOBALS
+
+    def per_draw_terms(p):
+        """The parallax globals and the proper-motion terms of one draw."""
+        if proper_motion is None:
+            return p, (0.0, 0.0)
+        return p[:6], log_pm_marginals(*pm_data, dict(zip(PM_GLOBALS, p[6:])), p[0])
 
     @jax.jit
     def accumulate(params):
         def body(carry, p):
-            member, m1, m2 = _star_moments(w, s, profile, *p)
+            base, pm_terms = per_draw_terms(p)
+            member, m1, m2 = _star_moments(w, s, profile, *base, pm_terms=pm_terms)
             return (carry[0] + member, carry[1] + m1, carry[2] + m2), None
         zero = jnp.zeros_like(w)
         (sm, s1, s2), _ = jax.lax.scan(body, (zero, zero, zero), params)
@@ -123,7 +143,8 @@ def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *,
     def draw_all(keys, params):
         def one(args):
             key, p = args
-            member, r, _ = _star_draw(key, w, s, profile, *p)
+            base, pm_terms = per_draw_terms(p)
+            member, r, _ = _star_draw(key, w, s, profile, *base, pm_terms=pm_terms)
             return member, r
         return jax.lax.map(one, (keys, params))
 
