@@ -29,6 +29,8 @@ PM_GLOBALS = ("cluster_pmra", "cluster_pmdec", "cluster_velocity_dispersion", "f
               "field_pmra", "field_pmdec",
               "field_pm_excess_ra", "field_pm_excess_dec", "field_pm_broadening", "field_pm_corr_1", "field_pm_corr_2")
 PM_MODES = ("auto", "on", "off")
+#: The simulator's fields: the model's own family, or a Galactic disc through a magnitude limit.
+SIMULATED_FIELDS = ("model", "disc")
 KM_S_PER_MAS_YR_KPC = 4.740470  # 1 mas/yr at 1 kpc, in km/s
 #: The narrowest the field's proper-motion components may be (mas/yr, intrinsic, per axis):
 #: field stars move at 10-40 km/s, which is 0.2-0.8 mas/yr even at 10 kpc; a narrower
@@ -111,4 +113,7 @@ SIMULATE_OPTIONS = (
     PipelineOption("proper_motions", "add Gaia-like proper motions (pmra, pmdec, their errors and correlation): "
                    "the cluster's a common motion plus a small dispersion, the field's from Galactic-disc-like "
                    "tangential velocities at each star's distance", False, flag=True),
+    PipelineOption("field", "the field's distances and magnitudes: model (the model's own r^2 exp(-r/L)) or disc "
+                   "(a thin + thick Galactic disc towards M67 through G < 20.5, with a luminosity function)",
+                   "model", parse_choice(*SIMULATED_FIELDS)),
 )

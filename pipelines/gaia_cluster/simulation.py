@@ -18,7 +18,9 @@ import numpy as np
 from astroinfer.errors import OutputError
 from astroinfer.tables import check_simulate_target, write_simulated
 
-from .options import GLOBALS, HALO_COMPONENTS, KM_S_PER_MAS_YR_KPC, MIN_STARS, NAME, PROFILES, _halo_scales
+from .options import (
+    GLOBALS, HALO_COMPONENTS, KM_S_PER_MAS_YR_KPC, MIN_STARS, NAME, PROFILES, SIMULATED_FIELDS, _halo_scales,
+)
 
 #: The proper-motion truths :func:`simulate` adds with ``proper_motions``: M67's mean motion
 #: (Gaia DR3) and an internal velocity dispersion (km/s; 0.15 mas/yr at 850 pc). The
@@ -40,12 +42,22 @@ def gaia_parallax_error(g_mag: np.ndarray) -> np.ndarray:
 
 
 def simulate_catalog(rng: np.random.Generator, num_stars: int, truth: dict[str, float],
-                     profile: str = "lognormal") -> dict[str, np.ndarray]:
-    """Stars from the model itself: membership, distance, G magnitude, parallax error, parallax."""
+                     profile: str = "lognormal", field: str = "model") -> dict[str, np.ndarray]:
+    """Stars: membership, distance, G magnitude, parallax error, parallax. ``field="model"``:
+    from the model itself (the field's r^2 exp(-r / field_scale), G uniform in 11-19.5);
+    ``"disc"``: the Galactic field of :mod:`.disc_field`, every star's G from a luminosity
+    function through the magnitude limit (``field_scale`` is then not used)."""
     member = rng.uniform(size=num_stars) < truth["member_fraction"]
     r_cluster = _draw_cluster_distances(rng, profile, truth["cluster_distance"], truth["cluster_size"], num_stars)
-    r = np.where(member, r_cluster, rng.gamma(3.0, truth["field_scale"], size=num_stars))
-    g = rng.uniform(11.0, 19.5, size=num_stars)
+    if field == "disc":
+        from .disc_field import draw_field, draw_magnitudes
+
+        r_field, g_field = draw_field(rng, num_stars)
+        r = np.where(member, r_cluster, r_field)
+        g = np.where(member, draw_magnitudes(rng, r_cluster), g_field)
+    else:
+        r = np.where(member, r_cluster, rng.gamma(3.0, truth["field_scale"], size=num_stars))
+        g = rng.uniform(11.0, 19.5, size=num_stars)
     error = gaia_parallax_error(g)
     parallax = 1000.0 / r + truth.get("parallax_offset", 0.0) + error * rng.normal(size=num_stars)
     return {"member": member, "distance": r, "phot_g_mean_mag": g, "parallax_error": error, "parallax": parallax}
@@ -98,13 +110,15 @@ def _draw_cluster_distances(rng, profile: str, distance: float, size: float, n: 
 
 
 def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, profile: str = "lognormal",
-             proper_motions: bool = False, truth: dict[str, float] | None = None) -> dict[str, Any]:
+             proper_motions: bool = False, field: str = "model", truth: dict[str, float] | None = None) -> dict[str, Any]:
     """Write a synthetic Gaia-like catalog (.csv, .ecsv, .fits or .vot) and its truth.
 
     Defaults give an M67-like field: cluster at 850 pc, size 15 pc, 40% members, field scale
     500 pc. Positions are uniform in a 0.5 degree disc around (132.85, 11.81). With
     ``proper_motions`` the catalog also has Gaia's proper-motion columns
-    (:func:`simulate_proper_motions`; the truth gets :data:`PM_TRUTH`).
+    (:func:`simulate_proper_motions`; the truth gets :data:`PM_TRUTH`). ``field="disc"``
+    draws the field from a Galactic disc through Gaia's magnitude limit
+    (:mod:`.disc_field`), not from the model's family; its truth has no ``field_scale``.
     The truth (with each star's true distance and membership) goes to ``<name>.truth.json``.
     """
     # astropy here, not at the top: the package imports this module at CLI start-up.
@@ -116,6 +130,8 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
         raise OutputError(f"num_stars must be at least {MIN_STARS}, got {num_stars}")
     if profile not in PROFILES:
         raise OutputError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if field not in SIMULATED_FIELDS:
+        raise OutputError(f"field must be one of {', '.join(SIMULATED_FIELDS)}, got {field!r}")
     params = {"cluster_distance": 850.0, "cluster_size": 15.0, "member_fraction": 0.4, "field_scale": 500.0,
               "parallax_offset": 0.0, **(PM_TRUTH if proper_motions else {}), **(truth or {})}
     known = GLOBALS + tuple(PM_TRUTH if proper_motions else ())
@@ -123,7 +139,9 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
     if unknown:
         raise OutputError(f"unknown truth parameter(s) {', '.join(sorted(unknown))}; expected {', '.join(known)}")
     rng = np.random.default_rng(seed)
-    stars = simulate_catalog(rng, num_stars, params, profile)
+    stars = simulate_catalog(rng, num_stars, params, profile, field)
+    if field == "disc":
+        del params["field_scale"]  # not a parameter of this field
     radius = 0.5 * np.sqrt(rng.uniform(size=num_stars))
     angle = rng.uniform(0, 2 * np.pi, size=num_stars)
     dec = 11.814 + radius * np.sin(angle)
@@ -144,11 +162,14 @@ def simulate(path: str | os.PathLike, seed: int = 0, *, num_stars: int = 500, pr
         table[name].format = ".8g"
     record = {
         "pipeline": NAME, "seed": int(seed), "num_stars": int(num_stars), "profile": profile,
-        **({"proper_motions": True} if proper_motions else {}), "truth": params,
+        **({"proper_motions": True} if proper_motions else {}), **({"field": field} if field != "model" else {}),
+        "truth": params,
         "member_rows": np.flatnonzero(stars["member"]).tolist(),
         "distance_pc": np.round(stars["distance"], 3).tolist(),
-        "model": "cluster (profile) + exponentially decreasing space density field; parallax = 1000/r + offset "
-                 "+ Normal(0, parallax_error), errors from a Gaia DR3 error-vs-G curve"
+        "model": ("cluster (profile) + exponentially decreasing space density field" if field == "model" else
+                  "cluster (profile) + thin and thick exponential disc towards M67 through G < 20.5, magnitudes "
+                  "from a luminosity function")
+                 + "; parallax = 1000/r + offset + Normal(0, parallax_error), errors from a Gaia DR3 error-vs-G curve"
                  + ("; proper motions: members the cluster's mean + dispersion, field stars disc-like tangential "
                     "velocities over their distance" if proper_motions else ""),
     }
