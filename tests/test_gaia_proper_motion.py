@@ -13,6 +13,7 @@ import pytest
 from astropy.table import Table
 from scipy import stats
 
+from astroinfer.pipeline import InputError
 from astroinfer.pipelines import gaia_cluster as gc
 
 from conftest import assert_one_line_error
@@ -81,6 +82,14 @@ def test_load_reads_proper_motions_converts_units_and_drops_unusable_ones(tmp_pa
     assert np.all(gc.load(tmp_path / "nocorr.ecsv").data["proper_motion_cov"][:, 2] == 0)
     off = gc.load(tmp_path / "pm.ecsv", proper_motion="off")
     assert "proper_motion" not in off.data and off.metadata["proper_motion"] == "not used"
+    assert np.isnan(data.stars["pmdec"][4]) and data.stars["pmdec"][5] == pytest.approx(float(t["pmdec"][5]))
+    # Columns present but empty: auto falls back to parallaxes, on is an error.
+    empty = _pm_table()
+    empty["pmra"] = np.nan
+    empty.write(tmp_path / "empty.ecsv")
+    assert gc.load(tmp_path / "empty.ecsv").metadata["proper_motion"] == "not used"
+    with pytest.raises(InputError, match="no row with finite proper motions"):
+        gc.load(tmp_path / "empty.ecsv", proper_motion="on")
 
 
 def test_proper_motion_bad_input_exits_2_with_one_line(tmp_path, run_cli):

@@ -164,7 +164,7 @@ class _ProperMotions(NamedTuple):
 
 def _proper_motions(table, path: Path, proper_motion: str) -> _ProperMotions | None:
     """The catalog's proper motions in mas/yr, or None when they are not used (``off``, or
-    ``auto`` with a column missing). A row is usable when all four values are finite and both
+    ``auto`` with a column missing or no usable row). A row is usable when all four values are finite and both
     errors positive; the correlation is 0 where its column is absent or empty."""
     import astropy.units as u
 
@@ -196,8 +196,10 @@ def _proper_motions(table, path: Path, proper_motion: str) -> _ProperMotions | N
     usable = (np.isfinite(values["pmra"]) & np.isfinite(values["pmdec"]) & np.isfinite(ex) & np.isfinite(ey)
               & (ex > 0) & (ey > 0))
     if not usable.any():
+        if proper_motion == "auto":  # empty columns: parallaxes only, as without them
+            return None
         raise InputError(f"{path}: columns {', '.join(found[c] for c in PM_COLUMNS)} have no row with finite "
-                         f"proper motions and positive errors; use proper_motion off")
+                         f"proper motions and positive errors; use proper_motion auto or off")
     pm = np.where(usable[:, None], np.stack([values["pmra"], values["pmdec"]], axis=1), 0.0)
     ex, ey, corr = (np.where(usable, a, b) for a, b in ((ex, 1.0), (ey, 1.0), (corr, 0.0)))
     cov = np.stack([ex**2, ey**2, corr * ex * ey], axis=1)
@@ -371,8 +373,10 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
     stars = {"source_id": columns.source_id[keep], "ra": columns.ra[keep], "dec": columns.dec[keep],
              "parallax_catalog": columns.parallax[keep], "zero_point": zp[keep]}
     if pms is not None:
-        stars["pmra"], stars["pmdec"] = pms.values[keep, 0], pms.values[keep, 1]
-        stars["proper_motion_used"] = pms.usable[keep]
+        used = pms.usable[keep]
+        stars["pmra"] = np.where(used, pms.values[keep, 0], np.nan)  # NaN where the catalog has none
+        stars["pmdec"] = np.where(used, pms.values[keep, 1], np.nan)
+        stars["proper_motion_used"] = used
     return GaiaData(data=data, metadata=metadata, stars=stars)
 
 
