@@ -19,9 +19,11 @@ parallax terms of :mod:`.marginal` without any new integral.
 - The field is a scale mixture about one mean: a core and a halo ``1 + k`` times broader
   (``k > 0``, so the two cannot swap labels), each at least
   :data:`~.options.FIELD_PM_MIN_SD` (0.5 mas/yr) wide per axis. One mean, because with a
-  mean per component the core could move onto the cluster's motion and hold its members
-  while the "cluster" became a second, broad field component (seen on simulated cones:
-  a chain 1500 nats below the right mode, the "cluster" 700 pc deep with a 26 km/s spread).
+  mean per component a chain on a simulated cone moved the core onto the cluster's motion,
+  holding its members, while the "cluster" became a second, broad field component (1500
+  nats below the right mode, the "cluster" 700 pc deep with a 26 km/s spread). One mean
+  rules that out; a chain can still swap the cluster for the field's core from a poor start,
+  which the start at the prior means (:data:`~.options.PM_NUTS_SETTINGS`) avoids.
 - The field's proper motions are independent of its distances: a rough model (nearby
   field stars move faster on the sky), whose cost is that field stars near the cluster's
   motion and parallax count as members.
