@@ -61,8 +61,10 @@ class _Selection:
 
 
 # -- reading and validation ----------------------------------------------------------
-def _to_mas(table, path: Path, name: str) -> tuple[np.ndarray, str | None]:
-    """A parallax-like column in mas; a unit that is not an angle is refused, an angle converted."""
+def _in_unit(table, path: Path, name: str, target: str = "mas",
+             expected: str = "a parallax in mas (an angle)") -> tuple[np.ndarray, str | None]:
+    """A column in ``target`` units (and its unit as written, None without one); a unit that
+    does not convert is refused with ``expected`` in the message, one that does is converted."""
     # astropy here, not at the top: the package imports this module at CLI start-up.
     import astropy.units as u
 
@@ -71,10 +73,9 @@ def _to_mas(table, path: Path, name: str) -> tuple[np.ndarray, str | None]:
     if unit is None or str(unit) in ("", "None"):
         return values, None
     try:
-        factor = u.Unit(unit).to(u.mas)
+        factor = u.Unit(unit).to(u.Unit(target))
     except Exception:
-        raise InputError(f"{path}: column '{name}' has unit '{unit}'; expected a parallax in mas "
-                         f"(an angle)") from None
+        raise InputError(f"{path}: column '{name}' has unit '{unit}'; expected {expected}") from None
     return values * factor, str(unit)
 
 
@@ -125,8 +126,8 @@ def _read_columns(table, path: Path, names: dict[str, str]) -> _Columns:
     if np.ma.count_masked(np.ma.asarray(source_col)):
         raise InputError(f"{path}: column '{names['source_id']}' has empty values; every row needs a source_id")
     source_id = np.asarray(source_col, dtype=np.int64)
-    parallax, parallax_unit = _to_mas(table, path, names["parallax"])
-    error, error_unit = _to_mas(table, path, names["parallax_error"])
+    parallax, parallax_unit = _in_unit(table, path, names["parallax"])
+    error, error_unit = _in_unit(table, path, names["parallax_error"])
     ra = float_column(table, path, names["ra"])
     dec = float_column(table, path, names["dec"])
     return _Columns(source_id, parallax, parallax_unit, error, error_unit, ra, dec)
@@ -166,8 +167,6 @@ def _proper_motions(table, path: Path, proper_motion: str) -> _ProperMotions | N
     """The catalog's proper motions in mas/yr, or None when they are not used (``off``, or
     ``auto`` with a column missing or no usable row). A row is usable when all four values are finite and both
     errors positive; the correlation is 0 where its column is absent or empty."""
-    import astropy.units as u
-
     found = {c: find_column(table.colnames, c) for c in PM_COLUMNS}
     missing = [c for c, name in found.items() if name is None]
     if proper_motion == "off" or (proper_motion == "auto" and missing):
@@ -175,18 +174,8 @@ def _proper_motions(table, path: Path, proper_motion: str) -> _ProperMotions | N
     if missing:
         raise InputError(f"{path}: option proper_motion=on needs column(s) {', '.join(missing)}, which are missing; "
                          f"use proper_motion auto or off")
-    per_year = u.mas / u.yr
-    values = {}
-    for wanted, name in found.items():
-        column = float_column(table, path, name)
-        unit = getattr(table[name], "unit", None)
-        if unit is not None and str(unit) not in ("", "None"):
-            try:
-                column = column * u.Unit(unit).to(per_year)
-            except Exception:
-                raise InputError(f"{path}: column '{name}' has unit '{unit}'; expected a proper motion in mas/yr "
-                                 f"(an angle per time)") from None
-        values[wanted] = column
+    values = {wanted: _in_unit(table, path, name, "mas / yr", "a proper motion in mas/yr (an angle per time)")[0]
+              for wanted, name in found.items()}
     corr_name = find_column(table.colnames, PM_CORRELATION_COLUMN)
     corr = float_column(table, path, corr_name) if corr_name is not None else np.zeros(len(table))
     if corr_name is not None:
