@@ -264,7 +264,7 @@ def test_model_with_field_table_keeps_its_density_and_gradient():
     import jax
     from numpyro.infer.util import log_density
 
-    data = gc.load(DEMO, offset="fit").data
+    data = gc.load(DEMO, offset="fit", field="edsd").data
     tabled = gc.with_field_table(data)
     centre, half = np.exp(tabled["field_table_domain"][0]), tabled["field_table_domain"][1]
     assert abs(np.log(centre / json.loads(DEMO_TRUTH.read_text())["truth"]["field_scale"])) < half / 2
@@ -297,7 +297,7 @@ def _log_prior(data, params):
 def test_model_density_is_prior_plus_quadrature_likelihood():
     from numpyro.infer.util import log_density
 
-    data = gc.load(DEMO, offset="fit").data
+    data = gc.load(DEMO, offset="fit", field="edsd").data
     params = {"cluster_distance": 840.0, "cluster_size": 12.0, "member_fraction": 0.35, "field_scale": 520.0,
               "parallax_offset": 0.005}
     logp, _ = log_density(gc.model, (), dict(data), params)
@@ -313,7 +313,7 @@ def test_systematic_offset_shifts_the_members_parallaxes_only():
     has no offset axis)."""
     from numpyro.infer.util import log_density
 
-    data = gc.load(DEMO).data
+    data = gc.load(DEMO, field="edsd").data
     assert data["fit_offset"] and not data["offset_in_field"]
     tabled = gc.with_field_table(data)
     assert float(tabled["field_table_domain"][2]) == 0.0 and tabled["field_table"].shape[1] == 1
@@ -331,8 +331,11 @@ def test_systematic_offset_shifts_the_members_parallaxes_only():
 
     # Per star: membership from the members-shifted cluster term and the unshifted field term.
     w12, s12 = _hard_stars(12, seed=8)
+    from astroinfer.pipelines.gaia_cluster.stars import _field_parts
+
+    field = _field_parts(w12.astype(np.float32), s12.astype(np.float32), np.array([480.0], np.float32))  # unshifted
     member, _, _ = (np.asarray(a) for a in gc._star_moments(
-        w12.astype(np.float32), s12.astype(np.float32), "lognormal", 850.0, 15.0, 0.4, 480.0, offset, 0.0))
+        w12.astype(np.float32), s12.astype(np.float32), "lognormal", 850.0, 15.0, 0.4, field, np.zeros(1), offset))
     bc, _, _ = _brute_marginals(w12, s12, "lognormal", 850.0, 15.0, 480.0, offset)
     _, bf, _ = _brute_marginals(w12, s12, "lognormal", 850.0, 15.0, 480.0, 0.0)
     a, b = np.log(0.4) + bc, np.log(0.6) + bf
@@ -347,9 +350,12 @@ def test_star_conditionals_match_brute_force():
     w, s = _hard_stars(12, seed=8)
     g = dict(distance=850.0, size=15.0, fraction=0.4, scale=480.0, offset=0.0)
     for profile in gc.PROFILES:
+        from astroinfer.pipelines.gaia_cluster.stars import _field_parts
+
+        field = _field_parts(w.astype(np.float32), s.astype(np.float32), np.array([g["scale"]], np.float32))
         member, m1, m2 = (np.asarray(a) for a in gc._star_moments(
             w.astype(np.float32), s.astype(np.float32), profile, g["distance"], g["size"], g["fraction"],
-            g["scale"], g["offset"]))
+            field, np.zeros(1), g["offset"]))
         bc, bf, (u, tc, tf) = _brute_marginals(w, s, profile, g["distance"], g["size"], g["scale"], 0.0)
         a, b = np.log(0.4) + bc, np.log(0.6) + bf
         p = np.exp(a - np.logaddexp(a, b))
@@ -365,7 +371,8 @@ def test_star_conditionals_match_brute_force():
         # Draws: 2000 per star for four stars, Kolmogorov-Smirnov against the brute-force CDF.
         keys = jax.random.split(jax.random.PRNGKey(1), 2000)
         draws = jax.vmap(lambda k: gc._star_draw(k, w.astype(np.float32), s.astype(np.float32), profile,
-                                                  g["distance"], g["size"], g["fraction"], g["scale"], 0.0)[1])(keys)
+                                                  g["distance"], g["size"], g["fraction"], field, np.zeros(1), 0.0,
+                                                  scales=np.array([g["scale"]], np.float32))[1])(keys)
         draws = np.asarray(draws)
         for i in (5, 6, 7, 8):
             order = np.argsort(r)
@@ -400,7 +407,7 @@ def _agreement(marginal, reference, names, sd_tol=0.10):
 def test_marginal_model_matches_full_latent_reference_on_a_simulated_catalog(tmp_path):
     path = tmp_path / "sim.ecsv"
     gc.simulate(path, seed=5, num_stars=250, truth={"cluster_distance": 700.0, "cluster_size": 20.0})
-    data = gc.load(path, offset="off").data
+    data = gc.load(path, offset="off", field="edsd").data
     marginal = _nuts(gc.model, gc.with_field_table(data), 0, 500, 1500, True)
     reference = _nuts(gc.reference_model, data, 1, 600, 1500, False)
     _agreement(marginal, reference, ("cluster_distance", "cluster_size", "member_fraction", "field_scale"),
@@ -412,7 +419,7 @@ def test_marginal_model_matches_full_latent_reference_on_a_simulated_catalog(tmp
 def test_m67_agrees_with_full_latent_reference():
     """The acceptance check: zero point off, 0.2 < parallax < 3 mas (4300 stars); the
     reference with 500 warmup + 1000 draws x 2 chains (its ESS sets the tolerance)."""
-    data = gc.load(M67, zero_point="off", offset="off", parallax_min=0.2, parallax_max=3.0).data
+    data = gc.load(M67, zero_point="off", offset="off", parallax_min=0.2, parallax_max=3.0, field="edsd").data
     marginal = _nuts(gc.model, gc.with_field_table(data), 0, 1000, 2000, True)
     reference = _nuts(gc.reference_model, data, 1, 500, 1000, False)
     _agreement(marginal, reference, ("cluster_distance", "cluster_size", "member_fraction", "field_scale"))
@@ -449,10 +456,15 @@ def test_demo_run_recovers_truth_and_writes_star_table(tmp_path, run_cli):
     result = astroinfer.load(out)
     truth = json.loads(DEMO_TRUTH.read_text())["truth"]
     post = result.idata.posterior
-    for name in ("cluster_distance", "cluster_size", "member_fraction", "field_scale"):
+    for name in ("cluster_distance", "cluster_size", "member_fraction"):
         values = np.asarray(post[name])
         assert abs(values.mean() - truth[name]) < 4 * values.std(), name
-    assert "parallax_offset" in post
+    assert "parallax_offset" in post and post["field_weights"].shape[2:] == (1, len(gc.FIELD_SCALES_PC))
+    # The demo's field is one r^2 exp(-r/L) density: the mixture's mean distance matches its 3 L.
+    weights = np.asarray(post["field_weights"]).reshape(-1, len(gc.FIELD_SCALES_PC)).mean(0)
+    mean_distance = 3 * np.sum(weights * np.asarray(gc.FIELD_SCALES_PC))
+    assert abs(np.log(mean_distance / (3 * truth["field_scale"]))) < 0.2, mean_distance
+    assert result.diagnostics["predictive_p"] > 1e-3
     stars = result.idata.stars
     assert stars.sizes["star"] == 500 and stars["source_id"].dtype == np.int64
     assert set(["distance", "membership", "distance_sd", "distance_q05", "distance_q95"]) <= set(stars.data_vars)

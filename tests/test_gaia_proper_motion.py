@@ -151,7 +151,7 @@ def test_model_density_adds_the_proper_motion_terms(tmp_path):
     from scipy.special import logsumexp as np_logsumexp
 
     _pm_table(n=80, seed=3).write(tmp_path / "pm.ecsv")
-    data = gc.load(tmp_path / "pm.ecsv").data
+    data = gc.load(tmp_path / "pm.ecsv", field="edsd").data
     base = {k: v for k, v in data.items() if not (k.startswith("proper_motion") or "pm_" in k)}
     params = {"cluster_distance": 840.0, "cluster_size": 12.0, "member_fraction": 0.35, "field_scale": 520.0,
               "parallax_offset": 0.005}

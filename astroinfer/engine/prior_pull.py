@@ -6,7 +6,10 @@ in the model (a global parallax offset pulled by a field model that does not fit
 is the case that prompted this). :func:`prior_pull_warnings` checks every latent site whose
 prior is fixed, that is, does not depend on other latent sites, and has a finite mean and
 sd. Sites drawn conditionally on others (per-star distances given a cluster distance) have
-no fixed prior to compare with and are left out.
+no fixed prior to compare with and are left out, and so are sites a model marks with
+``infer={"prior_pull": False}``: a flat prior over mixture weights (a Dirichlet(1, ..., 1))
+has a mean and sd, but it says only that the data decide, and weights far from 1/K are no
+disagreement.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def fixed_priors(model: Callable, data: dict[str, Any]) -> dict[str, tuple[np.nd
     for name, site in traces[0].items():
         other = traces[1].get(name)
         if site["type"] != "sample" or site["is_observed"] or other is None:
+            continue
+        if not (site.get("infer") or {}).get("prior_pull", True):
             continue
         first, second = _moments(site["fn"]), _moments(other["fn"])
         if first is None or second is None or first[0].shape != second[0].shape:

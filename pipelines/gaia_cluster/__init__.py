@@ -6,8 +6,10 @@ in pc, true parallax ``1000 / r_i`` mas)::
 
     w_i | r_i        ~ Normal(1000 / r_i + parallax_offset, s_i)
     r_i              ~ member_fraction  * cluster profile(cluster_distance, cluster_size)
-                       + (1 - member_fraction) * field(field_scale)
-    field(L)         = r^2 exp(-r / L) / (2 L^3)      exponentially decreasing space density
+                       + (1 - member_fraction) * field
+    field            = sum_k field_weights[g_i, k] p(r; L_k)    (field "mixture", the default)
+                    or p(r; field_scale)                         (field "edsd")
+    p(r; L)          = r^2 exp(-r / L) / (2 L^3)      exponentially decreasing space density
     cluster profiles:  lognormal  log r ~ Normal(log D, size / D)     (the reference profile)
                        gaussian   r ~ Normal(D, size)
                        student    r ~ Student-t(3, D, size) as a Gaussian scale mixture:
@@ -24,7 +26,11 @@ brute-force integral in ``tests/test_gaia_cluster.py``). On CPU the field term, 
 depends on the globals only through ``field_scale`` and ``parallax_offset``, is tabulated
 once per catalog as Chebyshev series made from that quadrature (:func:`with_field_table`).
 NUTS (dense mass matrix) then samples only the globals ``cluster_distance`` (pc), ``cluster_size`` (pc),
-``member_fraction``, ``field_scale`` (pc) and ``parallax_offset`` (mas, when fitted).
+``member_fraction``, ``field_weights`` (or ``field_scale``, pc) and ``parallax_offset`` (mas, when fitted).
+The mixture field's component terms do not depend on the globals (unless ``offset="fit"``),
+so they are computed once per catalog (:func:`with_field_components`). Every run stores a
+posterior predictive check of the parallax histogram (``predictive_chi2``, ``predictive_p``;
+a warning when p < 0.001).
 
 With proper motions in the catalog (``pmra, pmdec, pmra_error, pmdec_error``, optionally
 ``pmra_pmdec_corr``; option ``proper_motion``), each component's likelihood also has a
@@ -56,6 +62,8 @@ The package's modules:
   (2021) zero point and the prior settings;
 - :mod:`.marginal`: the quadrature marginal (:func:`log_component_marginals`) and the
   Chebyshev field table (:func:`with_field_table`) (JAX);
+- :mod:`.field_mixture`: the default field, a mixture of fixed-scale densities with weights
+  per group of stars of similar parallax error, its per-star component terms computed once (JAX);
 - :mod:`.proper_motion`: the proper-motion terms and their globals' sample sites (JAX, NumPyro);
 - :mod:`.numpyro_model`: :func:`model` and :func:`reference_model` (NumPyro);
 - :mod:`.stars`: the per-star conditionals drawn after the globals (JAX);
@@ -78,9 +86,9 @@ from astroinfer.pipeline import Pipeline
 from astroinfer.tables import truth_path
 
 # Names tests, benchmarks and notebooks use (numpy-only modules, imported now).
-from .data import GaiaData, _distance_peak, lindegren_zero_point, load, prior_settings, zero_point_in_range
+from .data import GaiaData, _distance_peak, field_groups, lindegren_zero_point, load, prior_settings, zero_point_in_range
 from .options import (
-    CLUSTER_NODES, FIELD_NODES, GLOBALS, HALO_COMPONENTS, LIKELY_MEMBER, MIN_STARS, NAME, NUTS_SETTINGS,
+    CLUSTER_NODES, FIELD_MODELS, FIELD_NODES, FIELD_SCALES_PC, FIELD_WEIGHTS, GLOBALS, HALO_COMPONENTS, LIKELY_MEMBER, MIN_STARS, NAME, NUTS_SETTINGS,
     OFFSET_MODES, OFFSET_PRIOR_SD, OPTIONS, PROFILES, PM_GLOBALS, PM_COLUMNS, FIELD_PM_MIN_SD, KM_S_PER_MAS_YR_KPC, REQUIRED, SIMULATE_OPTIONS, STUDENT_DOF, ZERO_POINT_COLUMNS,
     _halo_scales,
 )
@@ -92,6 +100,7 @@ __all__ = [
     "lindegren_zero_point", "zero_point_in_range", "log_component_marginals", "star_conditionals", "GLOBALS", "PROFILES",
     "GaiaData", "parallax_figure", "prior_settings", "field_table", "pilot_field_scale", "with_field_table",
     "log_pm_marginals", "PM_GLOBALS", "proper_motion_figure", "simulate_proper_motions",
+    "FIELD_MODELS", "FIELD_SCALES_PC", "field_groups", "field_component_terms", "with_field_components",
 ]
 
 
@@ -103,6 +112,7 @@ _ON_FIRST_USE = {
     "marginal": ("log_component_marginals", "field_table", "pilot_field_scale", "with_field_table",
                  "FIELD_TABLE_HALF_WIDTH", "FIELD_TABLE_DEGREE", "OFFSET_TABLE_DEGREE", "OFFSET_TABLE_HALF_WIDTH",
                  "_field_from_table", "_inside_field_table", "_field_quadrature", "_Terms"),
+    "field_mixture": ("field_component_terms", "with_field_components", "log_field_mixture"),
     "numpyro_model": ("reference_model",),
     "proper_motion": ("log_pm_marginals", "pm_globals"),
     "stars": ("star_conditionals", "_star_moments", "_star_draw"),

@@ -20,7 +20,7 @@ from astroinfer.pipeline import PipelineData
 from astroinfer.tables import READ_FORMATS, extension, find_column, float_column, read_table, shown_columns
 
 from .options import (
-    MIN_STARS, NAME, OFFSET_MODES, PM_COLUMNS, PM_CORRELATION_COLUMN, PM_MODES, PROFILES, REQUIRED, ZERO_POINT_COLUMNS,
+    FIELD_MODELS, MAX_FIELD_GROUPS, STARS_PER_FIELD_GROUP, MIN_STARS, NAME, OFFSET_MODES, PM_COLUMNS, PM_CORRELATION_COLUMN, PM_MODES, PROFILES, REQUIRED, ZERO_POINT_COLUMNS,
 )
 
 _EXPECTED = f"a Gaia table (FITS, VOTable, ECSV or CSV) with columns {', '.join(REQUIRED)}"
@@ -87,12 +87,13 @@ def _check_bound(path: Path, name: str, value: Any) -> float | None:
     return float(value)
 
 
-def _check_options(path: Path, *, zero_point: str, offset: str, profile: str, proper_motion: str,
+def _check_options(path: Path, *, zero_point: str, offset: str, profile: str, proper_motion: str, field: str,
                    parallax_min: float | None, parallax_max: float | None, distance_guess: float | None,
                    star_draws: int) -> None:
     """The options that are not numeric bounds (those :func:`_check_bound` checks)."""
     for name, value, allowed in (("zero_point", zero_point, ("auto", "on", "off")), ("offset", offset, OFFSET_MODES),
-                                 ("profile", profile, PROFILES), ("proper_motion", proper_motion, PM_MODES)):
+                                 ("profile", profile, PROFILES), ("proper_motion", proper_motion, PM_MODES),
+                                 ("field", field, FIELD_MODELS)):
         if value not in allowed:
             raise InputError(f"{path}: option {name} must be one of {', '.join(allowed)}, got {value!r}")
     if parallax_min is not None and parallax_max is not None and parallax_min >= parallax_max:
@@ -290,7 +291,7 @@ def _cut(table, path: Path, corrected: np.ndarray, selection: _Selection, *, par
 def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax_max: float | None = None,
          g_max: float | None = None, ruwe_max: float | None = 1.4, zero_point: str = "auto",
          offset: str = "systematic", profile: str = "lognormal", proper_motion: str = "auto",
-         distance_guess: float | None = None, keep_duplicates: bool = False, star_draws: int = 0) -> GaiaData:
+         field: str = "mixture", distance_guess: float | None = None, keep_duplicates: bool = False, star_draws: int = 0) -> GaiaData:
     """Read and validate a Gaia table, apply the zero point and the cuts; counts at each step
     are kept in ``metadata["selection"]``. Raises :class:`~astroinfer.errors.InputError`."""
     path = Path(path)
@@ -298,7 +299,7 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
               (("parallax_min", parallax_min), ("parallax_max", parallax_max), ("g_max", g_max),
                ("ruwe_max", ruwe_max))}
     _check_options(path, zero_point=zero_point, offset=offset, profile=profile, proper_motion=proper_motion,
-                   parallax_min=bounds["parallax_min"],
+                   field=field, parallax_min=bounds["parallax_min"],
                    parallax_max=bounds["parallax_max"], distance_guess=distance_guess, star_draws=star_draws)
 
     table = read_table(path, _EXPECTED)
@@ -327,8 +328,12 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "profile": profile,
         "fit_offset": offset != "off",
         "offset_in_field": offset == "fit",
+        "field_model": field,
         **prior_settings(centre),
     }
+    if field == "mixture":
+        group, num_groups = field_groups(s)
+        data.update({"field_group": group, "field_groups": num_groups})
     if pms is not None:
         used = pms.usable[keep]
         data.update({"proper_motion": pms.values[keep].astype(np.float32),
@@ -352,6 +357,8 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "profile": profile,
         "offset": offset,
         "fit_offset": offset != "off",
+        "field": field,
+        "field_groups": data.get("field_groups", 0),
         "distance_prior_centre_pc": centre,
         "distance_prior_from": "option distance_guess" if distance_guess is not None else "parallax peak",
         "star_draws": int(star_draws),
@@ -367,6 +374,16 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         stars["pmdec"] = np.where(used, pms.values[keep, 1], np.nan)
         stars["proper_motion_used"] = used
     return GaiaData(data=data, metadata=metadata, stars=stars)
+
+
+def field_groups(error: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each star's field group (int32, 0 the smallest errors) and the number of groups: one
+    per :data:`STARS_PER_FIELD_GROUP` stars, at most :data:`MAX_FIELD_GROUPS`, split at
+    quantiles of the parallax error (a proxy for magnitude every Gaia table has)."""
+    error = np.asarray(error)
+    num = int(np.clip(error.size // STARS_PER_FIELD_GROUP, 1, MAX_FIELD_GROUPS))
+    edges = np.quantile(error, np.arange(1, num) / num)
+    return np.searchsorted(edges, error, side="right").astype(np.int32), num
 
 
 def prior_settings(distance_centre: float) -> dict[str, float]:

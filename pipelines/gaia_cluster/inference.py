@@ -18,8 +18,9 @@ from astroinfer.engine.stuck_chains import drop_stuck_chains
 
 from .data import GaiaData
 from .marginal import _inside_field_table, with_field_table
-from .options import GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS, PM_GLOBALS, PM_NUTS_SETTINGS
-from .report import _print_selection
+from .field_mixture import with_field_components
+from .options import FIELD_WEIGHTS, GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS, PM_GLOBALS, PM_NUTS_SETTINGS
+from .report import _print_selection, field_predictive_check
 from .stars import star_conditionals
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ def _star_groups(loaded: GaiaData, stars: dict[str, np.ndarray], num_keep: int) 
         },
         coords=coords,
     )
+    if "field_group" in loaded.data:
+        table["field_group"] = ("star", np.asarray(loaded.data["field_group"], dtype=np.int32),
+                                {"long_name": "the star's field group (its set of field mixture weights)"})
     if "pmra" in info:
         table["pmra"] = ("star", info["pmra"], {"units": "mas/yr"})
         table["pmdec"] = ("star", info["pmdec"], {"units": "mas/yr"})
@@ -78,10 +82,14 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
         _print_selection(loaded.metadata)
     overrides: dict[str, Any] = {}
     table_domain = None
+    if loaded.data.get("field_model") == "mixture":
+        # The mixture's component terms are exact constants (unless the offset moves the
+        # field's parallaxes): computed once, for every method.
+        overrides["data"] = with_field_components(loaded.data)
     if prepared.method == "nuts":
         settings = {**NUTS_SETTINGS, **(PM_NUTS_SETTINGS if "proper_motion" in loaded.data else {})}
-        overrides = {k: v for k, v in settings.items() if k not in prepared.options}
-        if _table_pays_off(prepared.options):
+        overrides.update({k: v for k, v in settings.items() if k not in prepared.options})
+        if loaded.data.get("field_model", "edsd") == "edsd" and _table_pays_off(prepared.options):
             overrides["data"] = with_field_table(loaded.data)
             table_domain = overrides["data"]["field_table_domain"]
     result = prepared.sample_model(progress=progress, **overrides)
@@ -90,7 +98,7 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
         # the warning it stores is printed with the run's others.
         drop_stuck_chains(result, prepared.pipeline.model, overrides.get("data", loaded.data))
     posterior = result.idata.posterior
-    draws = {k: np.asarray(posterior[k]) for k in GLOBALS + PM_GLOBALS if k in posterior}
+    draws = {k: np.asarray(posterior[k]) for k in GLOBALS + PM_GLOBALS + (FIELD_WEIGHTS,) if k in posterior}
     if table_domain is not None:
         field_offset = draws.get("parallax_offset", 0.0) if loaded.data.get("offset_in_field", True) else 0.0
         inside = np.asarray(_inside_field_table(table_domain, np.log(draws["field_scale"]), field_offset))
@@ -101,8 +109,10 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
     stars = star_conditionals(draws, loaded.data["parallax"], loaded.data["parallax_error"],
                               profile=loaded.data["profile"], num_draws=max(200, num_keep), seed=prepared.seed,
                               offset_in_field=bool(loaded.data.get("offset_in_field", True)),
-                              proper_motion=loaded.data if "proper_motion" in loaded.data else None)
+                              proper_motion=loaded.data if "proper_motion" in loaded.data else None,
+                              field_group=loaded.data.get("field_group"))
     result.idata.add_groups(_star_groups(loaded, stars, num_keep))
+    field_predictive_check(result)
     result.diagnostics["likely_members"] = int((stars["membership"] > LIKELY_MEMBER).sum())
     result.diagnostics["expected_members"] = float(stars["membership"].sum())
     return result

@@ -148,10 +148,14 @@ class _Terms:
 def _field_quadrature(w, s, scale, num_nodes: int):
     """Nodes in u (stars, nodes) and log terms of the field integral
     ``int N(w | e^u, s) p_field(u; scale) du`` (its logsumexp over the last axis), and the
-    rule's centre and width per star."""
+    rule's centre and width per star. ``w``, ``s`` and ``scale`` broadcast together (stars
+    by mixture components with ``w[:, None]`` and a row of scales); the nodes add an axis."""
 
     def field_prior(u):
         return _log_field_u(u, scale)
+
+    def field_prior_at_nodes(u):
+        return _log_field_u(u, jnp.expand_dims(jnp.asarray(scale), -1))
 
     # Start from the precision-weighted mean of the prior mode (r = 3L, curvature 3) and the
     # measured parallax (width error/parallax in u) when it is positive.
@@ -159,9 +163,16 @@ def _field_quadrature(w, s, scale, num_nodes: int):
     snr2 = jnp.where(w > 0, (w / s) ** 2, 0.0)
     u_meas = jnp.log(jnp.where(w > 0, w, 1.0))
     centre, width = _newton_centre(field_prior, (3.0 * u_prior + snr2 * u_meas) / (3.0 + snr2), w, s, steps=3)
-    u, terms = _gh_terms(lambda u: _log_like_u(u, w[..., None], s[..., None])[0] + field_prior(u)[0],
+    u, terms = _gh_terms(lambda u: _log_like_u(u, w[..., None], s[..., None])[0] + field_prior_at_nodes(u)[0],
                          centre, width, num_nodes)
     return u, terms, centre, width
+
+
+def log_cluster_marginals(parallax, error, *, profile="lognormal", distance, size, offset=0.0,
+                          cluster_nodes: int = CLUSTER_NODES):
+    """Per star: log of the cluster marginal likelihood ``log int N(w | e^u + offset, s) p_c(u) du``."""
+    t = _Terms(parallax - offset, error, profile, distance, size, 1.0, cluster_nodes, 0)
+    return logsumexp(t.cluster_terms, axis=-1)
 
 
 def log_component_marginals(parallax, error, *, profile="lognormal", distance, size, scale, offset=0.0,

@@ -18,6 +18,23 @@ REQUIRED = ("source_id", "ra", "dec", "parallax", "parallax_error")
 ZERO_POINT_COLUMNS = ("phot_g_mean_mag", "nu_eff_used_in_astrometry", "pseudocolour", "ecl_lat",
                       "astrometric_params_solved")
 GLOBALS = ("cluster_distance", "cluster_size", "member_fraction", "field_scale", "parallax_offset")
+#: The field's distance distribution (option ``field``): "mixture", a mixture of
+#: r^2 exp(-r/L_k) densities with the fixed length scales FIELD_SCALES_PC and weights per
+#: group of stars of similar parallax error (:mod:`.field_mixture`); "edsd", one such density
+#: with a fitted L (``field_scale``). On the raw M67 cone "edsd" left a posterior predictive
+#: chi^2 of 466 over 40 parallax bins (too few stars near and far); "mixture" 49 (p = 0.13).
+FIELD_MODELS = ("mixture", "edsd")
+#: The mixture's weights site: (groups, components), stored on ``field_group`` x ``field_component``.
+FIELD_WEIGHTS = "field_weights"
+#: Length scales of the mixture's components (pc): 25 pc to 6.4 kpc in factors of 2, so the
+#: densities' modes (2 L) run from 50 pc to 12.8 kpc, each component about a factor 2 wide
+#: (an r^2 exp(-r/L) density has sd/mean 0.58).
+FIELD_SCALES_PC = tuple(25.0 * 2.0**k for k in range(9))
+#: Stars per field group, and the most groups: the stars are split at quantiles of their
+#: parallax error (faint stars are far, so the field's distances depend on it), one set of
+#: mixture weights per group; 500 stars or fewer share one set.
+STARS_PER_FIELD_GROUP = 500
+MAX_FIELD_GROUPS = 4
 #: Proper-motion columns: the four a catalog needs for proper-motion membership, and the
 #: optional correlation (taken as 0 when absent).
 PM_COLUMNS = ("pmra", "pmdec", "pmra_error", "pmdec_error")
@@ -50,6 +67,12 @@ OFFSET_PRIOR_SD = 0.012
 OFFSET_MODES = ("systematic", "fit", "off")
 CLUSTER_NODES = 4
 FIELD_NODES = 16
+#: Gauss-Hermite nodes of the mixture field's component terms. They are computed once per
+#: catalog (unless offset=fit), so they can afford many: a star of parallax SNR ~4 under the
+#: 6.4 kpc component has its mass split between the likelihood and a prior peaked 15 times
+#: farther, and 16 nodes missed 0.18 nat of it (32: 0.025, 64: 0.002, 96: 1e-5; against
+#: float64 sums, tests/test_gaia_field_mixture.py).
+MIXTURE_FIELD_NODES = 96
 MIN_STARS = 10
 LIKELY_MEMBER = 0.5
 # NUTS defaults for the globals (options the user sets win): a dense mass matrix, since the
@@ -101,6 +124,9 @@ OPTIONS = (
     PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", parse_choice(*PROFILES)),
     PipelineOption("proper_motion", "membership from proper motions too: auto (when the catalog has pmra, pmdec, "
                    "pmra_error, pmdec_error), on, off (parallaxes only)", "auto", parse_choice(*PM_MODES)),
+    PipelineOption("field", "the field's distance distribution: mixture (r^2 exp(-r/L) components of fixed L = "
+                   "25 pc .. 6.4 kpc, weights per group of similar parallax error) or edsd (one component, L fitted)",
+                   "mixture", parse_choice(*FIELD_MODELS)),
     PipelineOption("distance_guess", "centre of the cluster-distance prior, pc [default: the peak of the "
                    "parallax distribution]", None, parse_positive),
     PipelineOption("keep_duplicates", "keep rows whose source_id repeats (else they are an error)", False, flag=True),

@@ -1,5 +1,6 @@
 """gaia-cluster's report: the selection printed before a run, the globals table (``show``,
-``summarise``) and the parallax figure with the posterior predictive.
+``summarise``), the posterior predictive check of the parallaxes (stored with the result)
+and the parallax figure with the posterior predictive and its residuals.
 
 numpy only at import (matplotlib where the figure is drawn): the package imports this
 module when the CLI lists the pipelines.
@@ -14,7 +15,7 @@ import numpy as np
 
 from astroinfer.pipeline import PipelineData
 
-from .options import GLOBALS, LIKELY_MEMBER, NAME, PM_GLOBALS
+from .options import FIELD_SCALES_PC, FIELD_WEIGHTS, GLOBALS, LIKELY_MEMBER, NAME, PM_GLOBALS
 from .simulation import _draw_cluster_distances
 
 if TYPE_CHECKING:
@@ -44,12 +45,23 @@ def _globals_table(result: "Result") -> list[str]:
     units["cluster_velocity_dispersion"] = "km/s"
     units["field_pm_fraction"] = units["field_pm_broadening"] = units["field_pm_corr_1"] = units["field_pm_corr_2"] = ""
     lines = []
+    if FIELD_WEIGHTS in posterior:
+        lines.extend(_field_weights_lines(np.asarray(posterior[FIELD_WEIGHTS])))
     for name in GLOBALS + PM_GLOBALS:
         if name in posterior:
             values = np.asarray(posterior[name]).reshape(-1)
             lo, hi = np.quantile(values, [0.05, 0.95])
             lines.append(f"  {name:21s} {values.mean():10.4g} +- {values.std():<9.3g} {units[name]:6s}"
                          f" 90% [{lo:.4g}, {hi:.4g}]")
+    return lines
+
+
+def _field_weights_lines(weights: np.ndarray) -> list[str]:
+    """The mixture field's weights (posterior means) per group, in percent, by component scale."""
+    mean = weights.reshape((-1,) + weights.shape[2:]).mean(0)
+    head = " ".join(f"{scale / 1000:>5.3g}" for scale in FIELD_SCALES_PC)
+    lines = [f"  field mixture weights, % (rows: groups by parallax error; columns: L in kpc {head})"]
+    lines += [f"    group {g}: {' '.join(f'{100 * x:5.1f}' for x in row)}" for g, row in enumerate(mean)]
     return lines
 
 
@@ -64,12 +76,18 @@ def show(result: "Result") -> str:
     meta = result.provenance.get("input_metadata", {})
     if meta:
         lines.append(f"profile: {meta.get('profile')}; zero point: {meta.get('zero_point')}; "
-                     f"parallax offset: {meta.get('offset', 'fit' if meta.get('fit_offset') else 'off')}")
+                     f"parallax offset: {meta.get('offset', 'fit' if meta.get('fit_offset') else 'off')}; "
+                     + (f"field: mixture, {meta.get('field_groups')} group(s)" if meta.get("field") == "mixture"
+                        else "field: edsd (one r^2 exp(-r/L) density)"))
         if meta.get("proper_motion") == "used":
             lines.append(f"membership from parallaxes and proper motions ({meta.get('proper_motion_stars')} stars "
                          "with a usable proper motion)")
         else:
             lines.append("membership from parallaxes only (no proper-motion columns used)")
+    if "predictive_chi2" in result.diagnostics:
+        d = result.diagnostics
+        lines.append(f"posterior predictive check of the parallaxes: chi^2 {d['predictive_chi2']:.0f} over "
+                     f"{d['predictive_bins']} bins (p = {d['predictive_p']:.2g})")
     inside = result.diagnostics.get("field_table_draws_inside")
     if inside is not None:
         low, high = result.diagnostics["field_table_scale_range_pc"]
@@ -83,6 +101,25 @@ def summarise(result: "Result", data: PipelineData) -> dict[str, Any]:
     return {"globals": show(result)}
 
 
+#: Bins of the posterior predictive check: equal numbers of stars per bin, and replicated
+#: catalogs (one per posterior draw) to take the predicted counts' mean and sd from.
+PREDICTIVE_BINS = 40
+PREDICTIVE_REPLICATES = 200
+#: Posterior predictive p-value below which the check stores a warning.
+PREDICTIVE_P_LIMIT = 1e-3
+
+
+def _field_distances(rng, g, j, stars, size):
+    """Field distances for replicate ``j``: the single density or each star's mixture."""
+    if FIELD_WEIGHTS not in g:
+        return rng.gamma(3.0, g["field_scale"][j], size=size)
+    group = np.asarray(stars["field_group"]) if "field_group" in stars else np.zeros(size, int)
+    weights = g[FIELD_WEIGHTS][j][group]  # (stars, components)
+    cumulative = np.cumsum(weights / weights.sum(1, keepdims=True), axis=1)
+    component = np.minimum((rng.uniform(size=(size, 1)) > cumulative).sum(1), len(FIELD_SCALES_PC) - 1)
+    return rng.gamma(3.0, np.asarray(FIELD_SCALES_PC)[component])
+
+
 def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0):
     """Replicated parallaxes of every star for ``num`` global draws, with their component."""
     rng = np.random.default_rng(seed)
@@ -91,7 +128,8 @@ def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0):
     s = np.asarray(stars["parallax_error"])
     total = post.sizes["chain"] * post.sizes["draw"]
     pick = rng.choice(total, size=min(num, total), replace=False)
-    g = {k: np.asarray(post[k]).reshape(-1)[pick] for k in GLOBALS if k in post}
+    g = {k: (lambda v: v.reshape((-1,) + v.shape[2:])[pick])(np.asarray(post[k]))
+         for k in GLOBALS + (FIELD_WEIGHTS,) if k in post}
     meta = result.provenance.get("input_metadata", {})
     profile = meta.get("profile", "lognormal")
     members_only = meta.get("offset") == "systematic"  # the offset shifts the members' parallaxes only
@@ -99,8 +137,7 @@ def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0):
     for j in range(pick.size):
         member = rng.uniform(size=s.size) < g["member_fraction"][j]
         r = _draw_cluster_distances(rng, profile, g["cluster_distance"][j], g["cluster_size"][j], s.size)
-        r_field = rng.gamma(3.0, g["field_scale"][j], size=s.size)
-        r = np.where(member, r, r_field)
+        r = np.where(member, r, _field_distances(rng, g, j, stars, s.size))
         offset = g["parallax_offset"][j] if "parallax_offset" in g else 0.0
         offset = np.where(member, offset, 0.0) if members_only else offset
         reps.append(1000.0 / r + offset + s * rng.normal(size=s.size))
@@ -108,9 +145,43 @@ def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0):
     return np.array(reps), np.array(members)
 
 
+def _predictive_counts(result: "Result"):
+    """Bin edges (equal data counts), the data's counts and the replicated counts (replicates, bins)."""
+    w = np.asarray(result.idata.stars["parallax"])
+    reps, _ = _posterior_predictive(result, num=PREDICTIVE_REPLICATES, seed=1)
+    edges = np.quantile(w, np.linspace(0.0, 1.0, PREDICTIVE_BINS + 1))
+    edges[0], edges[-1] = -np.inf, np.inf
+    return edges, np.histogram(w, edges)[0], np.array([np.histogram(r, edges)[0] for r in reps])
+
+
+def field_predictive_check(result: "Result") -> dict[str, float]:
+    """The posterior predictive check of the parallax histogram: over PREDICTIVE_BINS bins
+    of equal data counts, chi^2 = sum ((data - mean) / sd)^2 with the mean and sd of the
+    replicated counts, and its p-value (chi^2 with bins - 1 degrees of freedom: the total
+    is fixed). Stored in ``result.diagnostics`` (``predictive_chi2``, ``predictive_bins``,
+    ``predictive_p``); a p-value under PREDICTIVE_P_LIMIT adds a warning."""
+    from scipy.stats import chi2  # SciPy here, not at the top: the CLI imports this module at start-up
+
+    _, observed, replicated = _predictive_counts(result)
+    mean, sd = replicated.mean(0), replicated.std(0, ddof=1)
+    statistic = float(np.sum(((observed - mean) / np.maximum(sd, 1.0)) ** 2))
+    dof = PREDICTIVE_BINS - 1
+    check = {"predictive_chi2": statistic, "predictive_bins": PREDICTIVE_BINS,
+             "predictive_p": float(chi2.sf(statistic, dof))}
+    result.diagnostics.update(check)
+    if check["predictive_p"] < PREDICTIVE_P_LIMIT:
+        result.diagnostics.setdefault("warnings", []).append(
+            f"the posterior predictive parallax histogram misses the data: chi^2 {statistic:.0f} over "
+            f"{PREDICTIVE_BINS} bins of equal counts (p = {check['predictive_p']:.1g}); the field or cluster model "
+            "does not fit this catalog (see the residuals in `astroinfer plot RESULT.h5 --kind parallax`)")
+    return check
+
+
 def parallax_figure(result: "Result"):
     """Histogram of the parallaxes used, with the fitted mixture (cluster and field parts)
-    and the posterior predictive (median and 90% band of replicated histograms)."""
+    and the posterior predictive (median and 90% band of replicated histograms); below, the
+    residuals (data - predictive mean) / predictive sd in bins of equal data counts, the
+    bins of the stored chi^2 check."""
     # matplotlib here, not at the top: the package imports this module at CLI start-up.
     import matplotlib.pyplot as plt
 
@@ -123,7 +194,7 @@ def parallax_figure(result: "Result"):
     cluster = np.array([np.histogram(r[m], bins)[0] for r, m in zip(reps, members)]).mean(0)
     fieldc = np.array([np.histogram(r[~m], bins)[0] for r, m in zip(reps, members)]).mean(0)
     centres = 0.5 * (bins[1:] + bins[:-1])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, res_ax) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, height_ratios=(3, 1.3))
     ax.hist(w, bins, color="0.8", label=f"data ({w.size} stars)")
     ax.hist(w, bins, histtype="step", color="k", lw=1.2)
     band = np.quantile(counts, [0.05, 0.5, 0.95], axis=0)
@@ -132,8 +203,18 @@ def parallax_figure(result: "Result"):
     ax.plot(centres, cluster, color="C3", label="fitted mixture: cluster")
     ax.plot(centres, fieldc, color="C2", label="fitted mixture: field")
     ax.plot(centres, cluster + fieldc, color="k", lw=1, label="fitted mixture: total")
-    ax.set(xlabel="parallax (mas)", ylabel=f"stars per {width:.3g} mas", title="gaia-cluster: parallaxes")
+    ax.set(ylabel=f"stars per {width:.3g} mas", title="gaia-cluster: parallaxes")
     ax.legend(fontsize=8)
+    edges, observed, replicated = _predictive_counts(result)
+    z = (observed - replicated.mean(0)) / np.maximum(replicated.std(0, ddof=1), 1.0)
+    inner = np.clip(edges, lo, hi)  # the open end bins drawn at the plot's edges
+    res_ax.bar(0.5 * (inner[1:] + inner[:-1]), z, width=np.diff(inner), color="C0", edgecolor="k", lw=0.4)
+    for level in (-2, 2):
+        res_ax.axhline(level, color="0.5", lw=0.8, ls="--")
+    res_ax.axhline(0, color="k", lw=0.8)
+    res_ax.set(xlabel="parallax (mas)", ylabel="(data - pred.) / sd",
+               title=f"residuals, {PREDICTIVE_BINS} bins of equal counts: chi^2 {np.sum(z**2):.0f}", xlim=(lo, hi))
+    res_ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
 
