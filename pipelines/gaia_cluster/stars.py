@@ -33,13 +33,18 @@ class FieldParts(NamedTuple):
     width: Any
 
 
+def _moments(u, terms):
+    """E[r] and E[r^2] over quadrature nodes ``u`` (log parallax, last axis) with log terms ``terms``."""
+    weights = softmax(terms, axis=-1)
+    r = 1000.0 * jnp.exp(-u)
+    return (weights * r).sum(-1), (weights * r**2).sum(-1)
+
+
 def _field_parts(wf, s, scales, num_nodes: int = FIELD_NODES) -> FieldParts:
     """:class:`FieldParts` of the field's components of length scales ``scales`` ((M,);
     one for the single density) for parallaxes ``wf``, by ``num_nodes``-node quadrature."""
     u, terms, centre, width = field_component_quadrature(wf, s, scales, num_nodes)
-    weights = softmax(terms, axis=-1)
-    r = 1000.0 * jnp.exp(-u)
-    return FieldParts(logsumexp(terms, axis=-1), (weights * r).sum(-1), (weights * r**2).sum(-1), centre, width)
+    return FieldParts(logsumexp(terms, axis=-1), *_moments(u, terms), centre, width)
 
 
 def _star_moments(w, s, profile, distance, size, fraction, field: FieldParts, log_weights, offset,
@@ -53,16 +58,14 @@ def _star_moments(w, s, profile, distance, size, fraction, field: FieldParts, lo
     a = jnp.log(fraction) + logsumexp(t.cluster_terms, axis=-1) + pm_terms[0]
     b = jnp.log1p(-fraction) + logsumexp(per_component, axis=-1) + pm_terms[1]
     member = jnp.exp(a - jnp.logaddexp(a, b))
-    weights = softmax(t.cluster_terms, axis=-1)
-    r = 1000.0 * jnp.exp(-(t.cluster_v + t.cluster_shift))
-    m1c, m2c = (weights * r).sum(-1), (weights * r**2).sum(-1)
+    m1c, m2c = _moments(t.cluster_v + t.cluster_shift, t.cluster_terms)
     pi = softmax(per_component, axis=-1)
     m1f, m2f = (pi * field.mean).sum(-1), (pi * field.second_moment).sum(-1)
     return member, member * m1c + (1 - member) * m1f, member * m2c + (1 - member) * m2f
 
 
 def _star_draw(key, w, s, profile, distance, size, fraction, field: FieldParts, log_weights, offset,
-               field_offset=None, scales=None, pm_terms=(0.0, 0.0), grid_points: int = 256):
+               field_offset=None, *, scales, pm_terms=(0.0, 0.0), grid_points: int = 256):
     """One joint draw (membership indicator, distance) per star from its conditional; the
     field (components of length ``scales``, their ``field`` parts for parallaxes shifted by
     ``field_offset``, default ``offset``) and ``pm_terms`` as in :func:`_star_moments`."""
