@@ -52,7 +52,7 @@ def test_model_density_is_prior_plus_mixture_likelihood():
     data = gc.load(DEMO).data
     assert data["field_model"] == "mixture" and data["field_groups"] == 1
     data = {**data, "field_group": (np.arange(500) % 2).astype(np.int32), "field_groups": 2}
-    weights = np.stack([np.linspace(1, 3, 9), np.linspace(3, 1, 9)])
+    weights = np.stack([np.linspace(1, 3, len(gc.FIELD_SCALES_PC)), np.linspace(3, 1, len(gc.FIELD_SCALES_PC))])
     weights /= weights.sum(1, keepdims=True)
     params = {"cluster_distance": 840.0, "cluster_size": 12.0, "member_fraction": 0.35, "field_weights": weights,
               "parallax_offset": 0.03}
@@ -63,10 +63,30 @@ def test_model_density_is_prior_plus_mixture_likelihood():
     like = np.sum(np.logaddexp(np.log(0.35) + bc, np.log(0.65) + bf))
     prior = (stats.lognorm.logpdf(840.0, data["distance_width"], scale=data["distance_centre"])
              + stats.lognorm.logpdf(12.0, 1.0, scale=10.0) + stats.norm.logpdf(0.03, 0, gc.OFFSET_PRIOR_SD)
-             + 2 * stats.dirichlet.logpdf(weights[0], np.ones(9)))
+             + 2 * stats.dirichlet.logpdf(weights[0], np.ones(len(gc.FIELD_SCALES_PC))))
     for d in (data, gc.with_field_components(data)):
         logp, _ = log_density(gc.model, (), dict(d), params)
         assert float(logp) == pytest.approx(prior + like, abs=0.05)
+
+
+def test_predictive_check_puts_replicates_through_the_parallax_window(tmp_path, run_cli):
+    """A catalog cut in parallax is checked against replicates cut the same way: the demo cut
+    to 0.6-1.6 mas passes, and the same check with the window forgotten (the bug it fixes:
+    the replicates' field stars outside the window counted) fails it."""
+    import astroinfer
+
+    out = tmp_path / "cut.h5"
+    code, _, err = run_cli("run", "gaia-cluster", "-o", out, "--samples", "300", "--warmup", "300",
+                           "--parallax-min", "0.6", "--parallax-max", "1.6", "-q")
+    assert code == 0, err
+    result = astroinfer.load(out)
+    assert result.provenance["input_metadata"]["parallax_window_mas"] == [0.6, 1.6]
+    assert result.diagnostics["predictive_p"] > 1e-3, result.diagnostics["predictive_chi2"]
+    assert not any("posterior predictive" in w for w in result.diagnostics.get("warnings", []))
+    result.provenance["input_metadata"]["parallax_window_mas"] = [None, None]
+    from astroinfer.pipelines.gaia_cluster.report import field_predictive_check
+
+    assert field_predictive_check(result)["predictive_p"] < 1e-3
 
 
 def test_mixture_weights_are_left_out_of_the_prior_pull_check():

@@ -331,6 +331,11 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "field_model": field,
         **prior_settings(centre),
     }
+    if bounds["parallax_min"] is not None or bounds["parallax_max"] is not None:
+        # The likelihood is conditioned on the window (.selection); an open side is infinite.
+        data["parallax_window"] = np.array([-np.inf if bounds["parallax_min"] is None else bounds["parallax_min"],
+                                            np.inf if bounds["parallax_max"] is None else bounds["parallax_max"]],
+                                           dtype=np.float32)
     if field == "mixture":
         group, num_groups = field_groups(s)
         data.update({"field_group": group, "field_groups": num_groups})
@@ -348,6 +353,9 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "columns": names,
         "units": {"parallax": columns.parallax_unit, "parallax_error": columns.error_unit},
         "selection": selection.steps,
+        # The window the (zero-point corrected) parallaxes were cut to, None for no bound:
+        # the posterior predictive check puts its replicated parallaxes through it too.
+        "parallax_window_mas": [bounds["parallax_min"], bounds["parallax_max"]],
         "dropped": selection.dropped,
         "duplicated_source_ids": num_duplicated,
         "duplicate_rows_kept": num_duplicate_rows if keep_duplicates else 0,

@@ -19,7 +19,7 @@ from astroinfer.engine.stuck_chains import drop_stuck_chains
 from .data import GaiaData
 from .marginal import _inside_field_table, with_field_table
 from .field_mixture import with_field_components
-from .options import FIELD_WEIGHTS, GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS, PM_GLOBALS, PM_NUTS_SETTINGS
+from .options import FIELD_WEIGHTS, FLOWMC_SETTINGS, GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS, PM_GLOBALS, PM_NUTS_SETTINGS
 from .report import _print_selection, field_predictive_check
 from .stars import star_conditionals
 
@@ -92,6 +92,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
         if loaded.data.get("field_model", "edsd") == "edsd" and _table_pays_off(prepared.options):
             overrides["data"] = with_field_table(loaded.data)
             table_domain = overrides["data"]["field_table_domain"]
+    if prepared.method == "flowmc":
+        overrides.update({k: v for k, v in FLOWMC_SETTINGS.items() if k not in prepared.options})
     result = prepared.sample_model(progress=progress, **overrides)
     if prepared.method == "nuts":
         # A chain can settle in a minor mode of the mixture (see astroinfer.engine.stuck_chains);
@@ -112,7 +114,7 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
                               proper_motion=loaded.data if "proper_motion" in loaded.data else None,
                               field_group=loaded.data.get("field_group"))
     result.idata.add_groups(_star_groups(loaded, stars, num_keep))
-    field_predictive_check(result)
+    field_predictive_check(result, loaded.metadata)  # the provenance is attached later
     result.diagnostics["likely_members"] = int((stars["membership"] > LIKELY_MEMBER).sum())
     result.diagnostics["expected_members"] = float(stars["membership"].sum())
     return result

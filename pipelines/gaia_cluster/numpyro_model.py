@@ -41,6 +41,7 @@ from .field_mixture import field_component_terms, log_field_mixture, star_log_we
 from .marginal import log_cluster_marginals, log_component_marginals
 from .options import FIELD_MODELS, FIELD_SCALES_PC, OFFSET_PRIOR_SD, PROFILES
 from .proper_motion import log_pm_marginals, pm_globals
+from .selection import EVALUATION_NODES, cluster_window_probability, field_window_probabilities, log_selection
 
 
 def _globals(distance_centre, distance_width, size_centre, size_width, field_centre, field_width, fit_offset,
@@ -74,7 +75,8 @@ def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distan
           distance_width=0.5, size_centre=10.0, size_width=1.0, field_centre=1000.0, field_width=1.0,
           field_table=None, field_table_domain=None, offset_in_field=True, field_model="edsd", field_group=None,
           field_groups=1, field_components=None, proper_motion=None, proper_motion_cov=None,
-          proper_motion_used=None, pm_centre=None, field_pm_centre=None, field_pm_spread=None):
+          proper_motion_used=None, pm_centre=None, field_pm_centre=None, field_pm_spread=None,
+          parallax_window=None, field_window=None):
     """Cluster + field mixture with every star's distance integrated out (see the module doc).
 
     ``field_model`` "edsd": one field density with a fitted ``field_scale``;
@@ -85,7 +87,10 @@ def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distan
     :func:`~.field_mixture.with_field_components`) holds its per-star component terms.
     With ``proper_motion`` (and its covariance, usable-star mask and prior centres, from
     :func:`~.data.load`) each component's likelihood also has the proper-motion term of
-    :mod:`.proper_motion`."""
+    :mod:`.proper_motion`. With ``parallax_window`` (lo, hi in mas; a catalog cut in
+    parallax) each star's likelihood is conditioned on its parallax falling inside
+    (:mod:`.selection`); ``field_window`` (optional, from
+    :func:`~.field_mixture.with_field_components`) holds the field components' part."""
     _check_field(profile, field_model)
     distance, size, fraction, scale, offset = _globals(distance_centre, distance_width, size_centre, size_width,
                                                        field_centre, field_width, fit_offset, field_model, field_groups)
@@ -109,7 +114,25 @@ def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distan
                                       jnp.asarray(proper_motion_used), pm, distance)
         log_c, log_f = log_c + pm_c, log_f + pm_f
     per_star = jnp.logaddexp(jnp.log(fraction) + log_c, jnp.log1p(-fraction) + log_f)
+    if parallax_window is not None:
+        per_star = per_star - _log_kept(s, parallax_window, profile, distance, size, fraction, scale, offset,
+                                        offset_in_field, field_model, field_group, field_window)
     numpyro.factor("parallax_likelihood", jnp.sum(per_star))
+
+
+def _log_kept(s, window, profile, distance, size, fraction, scale, offset, offset_in_field, field_model,
+              field_group, field_window):
+    """Per star: log of the probability that the model puts its parallax inside ``window``."""
+    cluster = cluster_window_probability(s, window, profile, distance, size, offset)
+    if field_model == "edsd":
+        weights, scales = jnp.ones((s.shape[0], 1)), jnp.reshape(scale, (1,))
+    else:
+        group = jnp.zeros(s.shape[0], jnp.int32) if field_group is None else jnp.asarray(field_group)
+        weights, scales = scale[group], FIELD_SCALES_PC
+    if field_window is None:
+        field_window = field_window_probabilities(s, window, scales, shift=offset if offset_in_field else 0.0,
+                                                  num_nodes=EVALUATION_NODES)
+    return log_selection(fraction, cluster, weights, field_window)
 
 
 def reference_model(parallax, parallax_error, profile="lognormal", fit_offset=True, distance_centre=1000.0,
