@@ -81,11 +81,10 @@ def cluster_window_probability(error, window, profile, distance, size, offset=0.
     """Per star: the probability that a member of error ``error`` is measured inside ``window``,
     on equal-probability nodes of the profile (each halo component's for the student one)."""
     z = jnp.asarray(_normal_nodes(num_nodes), dtype=jnp.result_type(float))
-    factors = jnp.asarray(_halo_scales() if profile == "student" else np.ones(1), dtype=z.dtype)
     if profile == "lognormal":  # log parallax normal about the cluster's, sd size / distance
         true_parallax = 1000.0 / distance * jnp.exp((size / distance) * z)
-        true_parallax = jnp.broadcast_to(true_parallax, (1,) + z.shape)
     else:  # distance normal, sd size x each component's factor; none behind the observer
+        factors = jnp.asarray(_halo_scales() if profile == "student" else np.ones(1), dtype=z.dtype)
         r = distance + size * factors[:, None] * z
         true_parallax = jnp.where(r > 0, 1000.0 / jnp.where(r > 0, r, 1.0), jnp.inf)
     inside = _inside(true_parallax.reshape(-1) + offset, jnp.asarray(error)[:, None], jnp.asarray(window))
