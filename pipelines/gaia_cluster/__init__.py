@@ -51,6 +51,8 @@ sd 0.012 mas (the spatially correlated part of Gaia's systematics over a field u
 degree; Lindegren et al. 2021, Vasiliev & Baumgardt 2021) shifts the members' parallaxes
 by default (``offset="systematic"``): the field cannot pull it off its prior, and the
 reported distance error includes the systematics. ``offset="fit"`` shifts every star's.
+``systematics="gp"`` makes the members' offset a Gaussian-process field over the sky with
+the angular covariance of Maiz Apellaniz et al. (2021) (:mod:`.systematics`).
 
 :func:`reference_model` is the full-latent model (one latent distance per star, the
 lognormal profile) used to prove that the marginalised model gives the same posterior.
@@ -64,6 +66,7 @@ The package's modules:
   Chebyshev field table (:func:`with_field_table`) (JAX);
 - :mod:`.field_mixture`: the default field, a mixture of fixed-scale densities with weights
   per group of stars of similar parallax error, its per-star component terms computed once (JAX);
+- :mod:`.systematics`: the offset field's kernel (tinygp) and its projected-process basis;
 - :mod:`.proper_motion`: the proper-motion terms and their globals' sample sites (JAX, NumPyro);
 - :mod:`.numpyro_model`: :func:`model` and :func:`reference_model` (NumPyro);
 - :mod:`.stars`: the per-star conditionals drawn after the globals (JAX);

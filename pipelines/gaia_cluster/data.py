@@ -20,7 +20,8 @@ from astroinfer.pipeline import PipelineData
 from astroinfer.tables import READ_FORMATS, extension, find_column, float_column, read_table, shown_columns
 
 from .options import (
-    FIELD_MODELS, MAX_FIELD_GROUPS, STARS_PER_FIELD_GROUP, MIN_STARS, NAME, OFFSET_MODES, PM_COLUMNS, PM_CORRELATION_COLUMN, PM_MODES, PROFILES, REQUIRED, ZERO_POINT_COLUMNS,
+    FIELD_MODELS, MAX_FIELD_GROUPS, STARS_PER_FIELD_GROUP, MIN_STARS, NAME, OFFSET_MODES, PM_COLUMNS,
+    SYSTEMATICS_MODES, PM_CORRELATION_COLUMN, PM_MODES, PROFILES, REQUIRED, ZERO_POINT_COLUMNS,
 )
 
 _EXPECTED = f"a Gaia table (FITS, VOTable, ECSV or CSV) with columns {', '.join(REQUIRED)}"
@@ -88,14 +89,19 @@ def _check_bound(path: Path, name: str, value: Any) -> float | None:
 
 
 def _check_options(path: Path, *, zero_point: str, offset: str, profile: str, proper_motion: str, field: str,
-                   parallax_min: float | None, parallax_max: float | None, distance_guess: float | None,
-                   star_draws: int) -> None:
+                   systematics: str, parallax_min: float | None, parallax_max: float | None,
+                   distance_guess: float | None, star_draws: int) -> None:
     """The options that are not numeric bounds (those :func:`_check_bound` checks)."""
     for name, value, allowed in (("zero_point", zero_point, ("auto", "on", "off")), ("offset", offset, OFFSET_MODES),
                                  ("profile", profile, PROFILES), ("proper_motion", proper_motion, PM_MODES),
-                                 ("field", field, FIELD_MODELS)):
+                                 ("field", field, FIELD_MODELS), ("systematics", systematics, SYSTEMATICS_MODES)):
         if value not in allowed:
             raise InputError(f"{path}: option {name} must be one of {', '.join(allowed)}, got {value!r}")
+    if systematics == "gp" and offset != "systematic":
+        # The field's terms are computed once because the offset does not shift them; a
+        # per-star offset in the field would make them per evaluation.
+        raise InputError(f"{path}: option systematics=gp needs offset systematic (the offset field shifts the "
+                         f"members' parallaxes), got offset {offset!r}")
     if parallax_min is not None and parallax_max is not None and parallax_min >= parallax_max:
         raise InputError(f"{path}: option parallax_min ({parallax_min}) must be below parallax_max ({parallax_max})")
     if distance_guess is not None and not (isinstance(distance_guess, (int, float)) and distance_guess > 0):
@@ -291,7 +297,8 @@ def _cut(table, path: Path, corrected: np.ndarray, selection: _Selection, *, par
 def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax_max: float | None = None,
          g_max: float | None = None, ruwe_max: float | None = 1.4, zero_point: str = "auto",
          offset: str = "systematic", profile: str = "lognormal", proper_motion: str = "auto",
-         field: str = "mixture", distance_guess: float | None = None, keep_duplicates: bool = False, star_draws: int = 0) -> GaiaData:
+         field: str = "mixture", systematics: str = "global", distance_guess: float | None = None,
+         keep_duplicates: bool = False, star_draws: int = 0) -> GaiaData:
     """Read and validate a Gaia table, apply the zero point and the cuts; counts at each step
     are kept in ``metadata["selection"]``. Raises :class:`~astroinfer.errors.InputError`."""
     path = Path(path)
@@ -299,7 +306,7 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
               (("parallax_min", parallax_min), ("parallax_max", parallax_max), ("g_max", g_max),
                ("ruwe_max", ruwe_max))}
     _check_options(path, zero_point=zero_point, offset=offset, profile=profile, proper_motion=proper_motion,
-                   field=field, parallax_min=bounds["parallax_min"],
+                   field=field, systematics=systematics, parallax_min=bounds["parallax_min"],
                    parallax_max=bounds["parallax_max"], distance_guess=distance_guess, star_draws=star_draws)
 
     table = read_table(path, _EXPECTED)
@@ -339,6 +346,13 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
     if field == "mixture":
         group, num_groups = field_groups(s)
         data.update({"field_group": group, "field_groups": num_groups})
+    basis = None
+    if systematics == "gp":
+        from .systematics import offset_field_basis  # JAX and tinygp: not at CLI start-up
+
+        basis = offset_field_basis(columns.ra[keep], columns.dec[keep])
+        data.update({"offset_basis": basis.stars.astype(np.float32),
+                     "offset_centre_basis": basis.centre.astype(np.float32)})
     if pms is not None:
         used = pms.usable[keep]
         data.update({"proper_motion": pms.values[keep].astype(np.float32),
@@ -365,6 +379,11 @@ def load(path: str | os.PathLike, *, parallax_min: float | None = None, parallax
         "profile": profile,
         "offset": offset,
         "fit_offset": offset != "off",
+        "systematics": systematics,
+        **({} if basis is None else {
+            "offset_field_nodes": basis.num_nodes, "offset_field_rank": int(basis.stars.shape[1]),
+            # The share of each star's V(0) the basis carries (the rest is finer than its nodes).
+            "offset_field_captured": [float(basis.captured.min()), float(basis.captured.max())]}),
         "field": field,
         "field_groups": data.get("field_groups", 0),
         "distance_prior_centre_pc": centre,

@@ -19,7 +19,8 @@ from astroinfer.engine.stuck_chains import drop_stuck_chains
 from .data import GaiaData
 from .marginal import _inside_field_table, with_field_table
 from .field_mixture import with_field_components
-from .options import FIELD_WEIGHTS, FLOWMC_SETTINGS, GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS, PM_GLOBALS, PM_NUTS_SETTINGS
+from .options import (FIELD_WEIGHTS, FLOWMC_SETTINGS, GLOBALS, LIKELY_MEMBER, NUTS_SETTINGS, OFFSET_FIELD, PM_GLOBALS,
+                      PM_NUTS_SETTINGS)
 from .report import _print_selection, field_predictive_check
 from .stars import star_conditionals
 
@@ -59,6 +60,9 @@ def _star_groups(loaded: GaiaData, stars: dict[str, np.ndarray], num_keep: int) 
     if "field_group" in loaded.data:
         table["field_group"] = ("star", np.asarray(loaded.data["field_group"], dtype=np.int32),
                                 {"long_name": "the star's field group (its set of field mixture weights)"})
+    if "offset_basis" in loaded.data:  # the offset field's basis: each star's offset is basis @ offset_field
+        table["offset_basis"] = (("star", "offset_mode"), np.asarray(loaded.data["offset_basis"], dtype=np.float32),
+                                 {"units": "mas", "long_name": "offset field basis (systematics gp)"})
     if "pmra" in info:
         table["pmra"] = ("star", info["pmra"], {"units": "mas/yr"})
         table["pmdec"] = ("star", info["pmdec"], {"units": "mas/yr"})
@@ -100,7 +104,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
         # the warning it stores is printed with the run's others.
         drop_stuck_chains(result, prepared.pipeline.model, overrides.get("data", loaded.data))
     posterior = result.idata.posterior
-    draws = {k: np.asarray(posterior[k]) for k in GLOBALS + PM_GLOBALS + (FIELD_WEIGHTS,) if k in posterior}
+    draws = {k: np.asarray(posterior[k]) for k in GLOBALS + PM_GLOBALS + (FIELD_WEIGHTS, OFFSET_FIELD)
+             if k in posterior}
     if table_domain is not None:
         field_offset = draws.get("parallax_offset", 0.0) if loaded.data.get("offset_in_field", True) else 0.0
         inside = np.asarray(_inside_field_table(table_domain, np.log(draws["field_scale"]), field_offset))
@@ -112,7 +117,8 @@ def sample(prepared: "PreparedRun", progress: bool = False) -> "Result":
                               profile=loaded.data["profile"], num_draws=max(200, num_keep), seed=prepared.seed,
                               offset_in_field=bool(loaded.data.get("offset_in_field", True)),
                               proper_motion=loaded.data if "proper_motion" in loaded.data else None,
-                              field_group=loaded.data.get("field_group"))
+                              field_group=loaded.data.get("field_group"),
+                              offset_basis=loaded.data.get("offset_basis"))
     result.idata.add_groups(_star_groups(loaded, stars, num_keep))
     field_predictive_check(result, loaded.metadata)  # the provenance is attached later
     result.diagnostics["likely_members"] = int((stars["membership"] > LIKELY_MEMBER).sum())

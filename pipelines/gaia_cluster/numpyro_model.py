@@ -16,7 +16,10 @@ With ``offset_in_field=False`` (the pipeline's default, ``--offset systematic``)
 shifts the members' parallaxes only and the field's are taken as measured: the field's
 distances are not known well enough (its density is a rough model) to measure Gaia's offset
 from, so the field does not pull on it, the offset stays near its prior and the cluster
-distance's error includes it.
+distance's error includes it. With ``offset_basis`` (``systematics="gp"``,
+:mod:`.systematics`) the offset is a field over the sky, ``offset_basis @ offset_field``
+per star with ``offset_field ~ Normal(0, 1)`` per basis vector, and ``parallax_offset`` its
+value at the stars' mean position.
 
 with the lognormal, gaussian or student cluster profile (the package's docstring defines
 them). NUTS samples only the globals ``cluster_distance``, ``cluster_size``,
@@ -57,6 +60,15 @@ def _globals(distance_centre, distance_width, size_centre, size_width, field_cen
     return distance, size, fraction, scale, offset
 
 
+def _offset_field(offset_basis, offset_centre_basis):
+    """Each star's offset (mas) from the whitened offset field; records ``parallax_offset``,
+    the field at the stars' mean position."""
+    basis = jnp.asarray(offset_basis)
+    u = numpyro.sample("offset_field", dist.Normal(0.0, 1.0).expand([basis.shape[1]]).to_event(1))
+    numpyro.deterministic("parallax_offset", jnp.dot(jnp.asarray(offset_centre_basis), u))
+    return basis @ u
+
+
 def _field_weights(field_groups):
     """The mixture field's weights (groups, components), flat Dirichlet per group; left out
     of the prior-pull check, since a flat prior on a simplex says only that the data decide."""
@@ -76,7 +88,7 @@ def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distan
           field_table=None, field_table_domain=None, offset_in_field=True, field_model="edsd", field_group=None,
           field_groups=1, field_components=None, proper_motion=None, proper_motion_cov=None,
           proper_motion_used=None, pm_centre=None, field_pm_centre=None, field_pm_spread=None,
-          parallax_window=None, field_window=None):
+          parallax_window=None, field_window=None, offset_basis=None, offset_centre_basis=None):
     """Cluster + field mixture with every star's distance integrated out (see the module doc).
 
     ``field_model`` "edsd": one field density with a fitted ``field_scale``;
@@ -90,10 +102,18 @@ def model(parallax, parallax_error, profile="lognormal", fit_offset=True, distan
     :mod:`.proper_motion`. With ``parallax_window`` (lo, hi in mas; a catalog cut in
     parallax) each star's likelihood is conditioned on its parallax falling inside
     (:mod:`.selection`); ``field_window`` (optional, from
-    :func:`~.field_mixture.with_field_components`) holds the field components' part."""
+    :func:`~.field_mixture.with_field_components`) holds the field components' part.
+    ``offset_basis`` (stars, r) and ``offset_centre_basis`` (r,) (from :func:`~.data.load`
+    with ``systematics="gp"``) make the members' offset a field over the sky."""
     _check_field(profile, field_model)
+    if offset_basis is not None and offset_in_field:
+        raise ValueError("an offset field (offset_basis) shifts the members' parallaxes only: offset_in_field "
+                         "must be False")
     distance, size, fraction, scale, offset = _globals(distance_centre, distance_width, size_centre, size_width,
-                                                       field_centre, field_width, fit_offset, field_model, field_groups)
+                                                       field_centre, field_width, fit_offset and offset_basis is None,
+                                                       field_model, field_groups)
+    if offset_basis is not None:
+        offset = _offset_field(offset_basis, offset_centre_basis)
     w = jnp.asarray(parallax)
     s = jnp.asarray(parallax_error)
     if field_model == "edsd":

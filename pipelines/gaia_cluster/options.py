@@ -26,6 +26,8 @@ GLOBALS = ("cluster_distance", "cluster_size", "member_fraction", "field_scale",
 FIELD_MODELS = ("mixture", "edsd")
 #: The mixture's weights site: (groups, components), stored on ``field_group`` x ``field_component``.
 FIELD_WEIGHTS = "field_weights"
+#: The offset field's whitened coordinates (``systematics="gp"``, :mod:`.systematics`).
+OFFSET_FIELD = "offset_field"
 #: Length scales of the mixture's components (pc): 100 pc to 6.4 kpc in factors of 2, so the
 #: densities' modes (2 L) run from 200 pc to 12.8 kpc, each component about a factor 2 wide
 #: (an r^2 exp(-r/L) density has sd/mean 0.58). On raw M67 nine scales from 25 pc gave the
@@ -69,6 +71,9 @@ OFFSET_PRIOR_SD = 0.012
 #: let the field pull it to -0.12 mas, 10 prior sd, and the distance 10% short); "fit", every
 #: star's; "off", none.
 OFFSET_MODES = ("systematic", "fit", "off")
+#: The offset's spatial model (option ``systematics``): "global", one offset for the whole
+#: field; "gp", a Gaussian-process offset field over the sky (:mod:`.systematics`).
+SYSTEMATICS_MODES = ("global", "gp")
 CLUSTER_NODES = 4
 FIELD_NODES = 16
 #: Gauss-Hermite nodes of the mixture field's component terms. They are computed once per
@@ -130,6 +135,9 @@ OPTIONS = (
     PipelineOption("offset", "global parallax offset, prior sd 0.012 mas: systematic (shifts the members' "
                    "parallaxes only, so the field cannot pull it off its prior and the distance error includes "
                    "it), fit (shifts every star's), off", "systematic", parse_choice(*OFFSET_MODES)),
+    PipelineOption("systematics", "the offset over the sky: global (one offset) or gp (a Gaussian-process offset "
+                   "field with the Maiz Apellaniz et al. 2021 angular covariance, V(0) = 0.0103^2 mas^2; needs "
+                   "offset systematic)", "global", parse_choice(*SYSTEMATICS_MODES)),
     PipelineOption("profile", "cluster profile: lognormal, gaussian or student (heavy tails)", "lognormal", parse_choice(*PROFILES)),
     PipelineOption("proper_motion", "membership from proper motions too: auto (when the catalog has pmra, pmdec, "
                    "pmra_error, pmdec_error), on, off (parallaxes only)", "auto", parse_choice(*PM_MODES)),

@@ -15,7 +15,7 @@ import numpy as np
 
 from astroinfer.pipeline import PipelineData
 
-from .options import FIELD_SCALES_PC, FIELD_WEIGHTS, GLOBALS, LIKELY_MEMBER, NAME, PM_GLOBALS
+from .options import FIELD_SCALES_PC, FIELD_WEIGHTS, GLOBALS, LIKELY_MEMBER, NAME, OFFSET_FIELD, PM_GLOBALS
 from .simulation import _draw_cluster_distances
 
 if TYPE_CHECKING:
@@ -79,6 +79,11 @@ def show(result: "Result") -> str:
                      f"parallax offset: {meta.get('offset', 'fit' if meta.get('fit_offset') else 'off')}; "
                      + (f"field: mixture, {meta.get('field_groups')} group(s)" if meta.get("field") == "mixture"
                         else "field: edsd (one r^2 exp(-r/L) density)"))
+        if meta.get("systematics") == "gp":
+            lines.append(f"parallax offset: a Gaussian-process field over the sky (Maiz Apellaniz et al. 2021 "
+                         f"covariance; {meta.get('offset_field_rank')} basis vectors on "
+                         f"{meta.get('offset_field_nodes')} nodes); parallax_offset is its value at the stars' "
+                         f"mean position")
         if meta.get("proper_motion") == "used":
             lines.append(f"membership from parallaxes and proper motions ({meta.get('proper_motion_stars')} stars "
                          "with a usable proper motion)")
@@ -125,12 +130,15 @@ def _field_distances(rng, g, j, group):
 MAX_WINDOW_REDRAWS = 100
 
 
-def _replicate(rng, g, j, profile, members_only, error, group):
-    """One replicated parallax and membership per star (errors ``error``) for draw ``j``."""
+def _replicate(rng, g, j, profile, members_only, error, group, offset_basis=None):
+    """One replicated parallax and membership per star (errors ``error``) for draw ``j``;
+    with ``offset_basis`` (those stars' rows) each member's offset is the draw's offset field."""
     member = rng.uniform(size=error.size) < g["member_fraction"][j]
     r = _draw_cluster_distances(rng, profile, g["cluster_distance"][j], g["cluster_size"][j], error.size)
     r = np.where(member, r, _field_distances(rng, g, j, group))
     offset = g["parallax_offset"][j] if "parallax_offset" in g else 0.0
+    if offset_basis is not None:
+        offset = offset_basis @ g[OFFSET_FIELD][j]
     offset = np.where(member, offset, 0.0) if members_only else offset
     return 1000.0 / r + offset + error * rng.normal(size=error.size), member
 
@@ -152,7 +160,8 @@ def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0, metada
     total = post.sizes["chain"] * post.sizes["draw"]
     pick = rng.choice(total, size=min(num, total), replace=False)
     g = {k: (lambda v: v.reshape((-1,) + v.shape[2:])[pick])(np.asarray(post[k]))
-         for k in GLOBALS + (FIELD_WEIGHTS,) if k in post}
+         for k in GLOBALS + (FIELD_WEIGHTS, OFFSET_FIELD) if k in post}
+    basis = np.asarray(stars["offset_basis"], dtype=np.float64) if "offset_basis" in stars else None
     meta = result.provenance.get("input_metadata", {}) if metadata is None else metadata
     profile = meta.get("profile", "lognormal")
     members_only = meta.get("offset") == "systematic"  # the offset shifts the members' parallaxes only
@@ -162,7 +171,8 @@ def _posterior_predictive(result: "Result", num: int = 50, seed: int = 0, metada
     for j in range(pick.size):
         todo = np.arange(s.size)
         for _ in range(MAX_WINDOW_REDRAWS):
-            w, member = _replicate(rng, g, j, profile, members_only, s[todo], group[todo])
+            w, member = _replicate(rng, g, j, profile, members_only, s[todo], group[todo],
+                                   None if basis is None else basis[todo])
             inside = (w > lo) & (w < hi)
             reps[j, todo[inside]], members[j, todo[inside]] = w[inside], member[inside]
             todo = todo[~inside]

@@ -87,7 +87,9 @@ def cluster_window_probability(error, window, profile, distance, size, offset=0.
         factors = jnp.asarray(_halo_scales() if profile == "student" else np.ones(1), dtype=z.dtype)
         r = distance + size * factors[:, None] * z
         true_parallax = jnp.where(r > 0, 1000.0 / jnp.where(r > 0, r, 1.0), jnp.inf)
-    inside = _inside(true_parallax.reshape(-1) + offset, jnp.asarray(error)[:, None], jnp.asarray(window))
+    # offset: one value, or one per star (an offset field)
+    inside = _inside(true_parallax.reshape(-1) + jnp.reshape(offset, (-1, 1)), jnp.asarray(error)[:, None],
+                     jnp.asarray(window))
     return jnp.mean(inside, axis=-1)
 
 

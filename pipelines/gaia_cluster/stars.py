@@ -119,12 +119,15 @@ def _star_draw(key, w, s, profile, distance, size, fraction, field: FieldParts, 
 def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *, profile="lognormal",
                       num_draws: int = 200, seed: int = 0, offset_in_field: bool = True,
                       proper_motion: dict[str, np.ndarray] | None = None,
-                      field_group: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      field_group: np.ndarray | None = None,
+                      offset_basis: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-star posterior summaries from the global draws (flattened over chain and draw).
 
     The field is the single density when the draws have ``field_scale``, the mixture of
     :mod:`.field_mixture` when they have ``field_weights`` (each star's group in
-    ``field_group``; all in one group when None).
+    ``field_group``; all in one group when None). With ``offset_basis`` (stars, r; an offset
+    field, :mod:`.systematics`) each star's offset is ``offset_basis @`` the draw's
+    ``offset_field``.
 
     ``proper_motion`` (the model data's ``proper_motion``, ``proper_motion_cov`` and
     ``proper_motion_used``) adds each draw's proper-motion terms to the memberships; the
@@ -146,8 +149,13 @@ def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *,
         return jnp.asarray(values.reshape((total,) + values.shape[2:]), dtype=jnp.float32)
 
     flat = {k: flat_draws(k) for k in ("cluster_distance", "cluster_size", "member_fraction", field_name)}
-    flat["parallax_offset"] = flat_draws("parallax_offset") if "parallax_offset" in draws else jnp.zeros(total)
-    flat["field_offset"] = flat["parallax_offset"] if offset_in_field else jnp.zeros(total, jnp.float32)
+    if offset_basis is not None:  # the offset field's coordinates; each star's offset per draw below
+        flat["parallax_offset"] = flat_draws("offset_field")
+        basis = jnp.asarray(offset_basis, dtype=jnp.float32)
+    else:
+        flat["parallax_offset"] = flat_draws("parallax_offset") if "parallax_offset" in draws else jnp.zeros(total)
+    flat["field_offset"] = (flat["parallax_offset"] if offset_in_field and offset_basis is None
+                            else jnp.zeros(total, jnp.float32))
     order = ("cluster_distance", "cluster_size", "member_fraction", field_name, "parallax_offset", "field_offset")
     group = jnp.asarray(np.zeros(w.shape[0], np.int32) if field_group is None else field_group)
     if proper_motion is not None:
@@ -165,6 +173,8 @@ def star_conditionals(draws: dict[str, np.ndarray], parallax, parallax_error, *,
         """The parallax globals of one draw with the field's parts and per-star log weights,
         the keyword arguments of a draw, and the proper-motion terms."""
         distance, size, fraction, field, offset, field_offset = p[:6]
+        if offset_basis is not None:
+            offset = basis @ offset
         if mixture:
             scales, log_weights = field_scales(), star_log_weights(field, group)
         else:
