@@ -104,9 +104,10 @@ class OffsetFieldBasis:
     """The whitened projected-process basis of the offset field.
 
     ``stars`` (n, r): each star's offset is ``stars @ u``; ``centre`` (r,): the field at the
-    stars' mean position (``parallax_offset``); ``captured`` (n,): the fraction of each star's
-    prior variance ``V(0)`` the basis carries (the rest, on scales finer than the nodes, is
-    left out); ``num_nodes``: grid nodes before the eigenvectors were cut to r."""
+    stars' mean position (``parallax_offset``); ``captured`` (n,): each star's variance in the
+    basis over ``V(0)``: below 1 where scales finer than the nodes are left out, and slightly
+    above 1 (1.017-1.022 on M67) because dropping the formula's negative eigenvalues adds
+    variance; ``num_nodes``: grid nodes before the eigenvectors were cut to r."""
 
     stars: np.ndarray
     centre: np.ndarray
